@@ -1,0 +1,5 @@
+"""Allow ``python -m monolayer``."""
+
+from monolayer.cli.app import main
+
+main()

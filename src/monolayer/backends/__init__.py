@@ -1,0 +1,61 @@
+"""Registry of segmentation backends.
+
+Listing the registry imports no framework: each backend module is imported only
+when that backend is asked for, and a missing framework becomes an
+:class:`~monolayer.errors.UnavailableError` (exit 69) naming what to install.
+An unknown name is an error listing the valid ones, never a silent default.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from monolayer.backends._base import Backend, Prediction
+from monolayer.errors import UnavailableError, UsageError
+
+__all__ = ["BACKENDS", "Backend", "BackendSpec", "Prediction", "create_backend"]
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """How to find a backend without importing it."""
+
+    name: str
+    summary: str
+    target: str | None
+    """``module:Class``; None while the backend is not built yet."""
+    needs_weights: bool
+
+
+BACKENDS: dict[str, BackendSpec] = {
+    spec.name: spec
+    for spec in (
+        BackendSpec("classical", "no weights: PHANTAST-style local contrast (default) or the "
+                    "paper's Canny baseline", "monolayer.backends.classical:ClassicalBackend", False),
+        BackendSpec("sam", "Segment Anything, zero-shot or fine-tuned", None, True),
+        BackendSpec("cellpose", "Cellpose specialist model", None, True),
+        BackendSpec("maskrcnn", "Mask R-CNN R50-FPN, one class", None, True),
+        BackendSpec("unet", "U-Net trained from scratch", None, True),
+    )
+}
+
+
+def create_backend(name: str, **options: Any) -> Backend:
+    """Build backend ``name`` with its keyword options (weights are loaded here, once)."""
+    spec = BACKENDS.get(name)
+    if spec is None:
+        raise UsageError(f"unknown model {name!r}", f"choose one of: {', '.join(BACKENDS)}")
+    if spec.target is None:
+        ready = ", ".join(n for n, s in BACKENDS.items() if s.target)
+        raise UnavailableError(f"model {name!r} is not available yet in this version",
+                               f"available: {ready}")
+    module_name, class_name = spec.target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UnavailableError(f"model {name!r} needs {exc.name or exc}, which is not installed",
+                               "pip install 'monolayer[models]'") from None
+    backend_class = getattr(module, class_name)
+    return backend_class(**options)

@@ -1,0 +1,45 @@
+"""The one interface every segmentation backend implements.
+
+A backend is constructed once per run (weights loaded once), then called per
+image with a normalised 2-D float32 array in [0, 1]. It returns a
+:class:`Prediction` whose mask has exactly the input's shape: backends that
+resize or pad internally must undo that before returning, so confluence is
+always measured over the original image area.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+@dataclass
+class Prediction:
+    """What a backend says about one image."""
+
+    mask: np.ndarray
+    """Boolean foreground, same shape as the input image."""
+    score: np.ndarray | None = None
+    """Per-pixel float32 map in [0, 1] (a probability for learned models), or None."""
+    extras: dict[str, Any] = field(default_factory=dict)
+    """Backend-specific record fields (e.g. instance count, mean instance confidence)."""
+
+
+class Backend(ABC):
+    """A segmentation model. Subclasses take keyword-only options in ``__init__``."""
+
+    name: ClassVar[str]
+    score_kind: str | None = None
+    """What ``Prediction.score`` is: ``"probability"``, ``"score"``, or None if never given."""
+
+    @abstractmethod
+    def predict(self, image: np.ndarray) -> Prediction:
+        """Segment one normalised grayscale image (2-D float32 in [0, 1])."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Record fields that identify this model: ``model``, ``method``, ``params``,
+        ``weights`` and ``weights_sha256`` (None for backends without weights)."""

@@ -1,0 +1,57 @@
+"""The ``monolayer`` typer application: registers every subcommand and the global options."""
+
+from __future__ import annotations
+
+import signal
+from typing import Annotated
+
+import typer
+
+from monolayer import __version__
+from monolayer.cli import coco2mask, evaluate, pending, segment, stats
+from monolayer.cli.common import state
+
+app = typer.Typer(
+    name="monolayer",
+    help="Cell confluence from label-free microscopy images.\n\n"
+         "Composable commands that read files and write JSON Lines on stdout "
+         "(messages go to stderr), so they chain in pipelines:\n\n"
+         "monolayer segment images/ --out masks/ | monolayer stats - --field confluence",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"monolayer {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+) -> None:
+    """Cell confluence from label-free microscopy images."""
+    state.debug = debug
+
+
+app.command("coco2mask")(coco2mask.coco2mask)
+app.command("segment")(segment.segment)
+pending.register(app, "entropy-rank", "Rank images by the uncertainty of their predictions.")
+pending.register(app, "train", "Train a model on labelled images.")
+pending.register(app, "al-round", "Run one round of active learning.")
+app.command("evaluate")(evaluate.evaluate)
+app.command("stats")(stats.stats)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    # Die quietly when the reader of a pipe goes away (`monolayer ... | head`).
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    app(prog_name="monolayer")

@@ -1,0 +1,239 @@
+"""``evaluate``: predicted masks against ground truth, matched by image identity.
+
+Identity is, in order of preference: the SHA-256 of the image file (both
+records carry it when the images were read), the image's resolved path, and
+the image's file-name stem when exactly one truth entry has it. List order is
+never used: a shuffled prediction file gives the same evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monolayer.coco import load_coco, rasterize, safe_stem
+from monolayer.errors import EXIT_DATA, EXIT_NO_INPUT, DataError, MonolayerError, NoInputError
+from monolayer.io.masks import index_mask_folder, read_mask
+from monolayer.metrics import compare
+from monolayer.records import iter_jsonl, new_record
+from monolayer.stats import summarize
+
+KIND = "eval"
+SUMMARY_FIELDS = ("iou", "dice", "abs_confluence_error", "confluence_pred", "confluence_true")
+
+
+def resolve(path: str, base: Path | None) -> Path:
+    """A path from a record: as given if it exists (relative to the working folder),
+    else relative to the folder of the file the record came from."""
+    p = Path(path)
+    if p.is_absolute() or p.exists() or base is None:
+        return p
+    alt = base / p
+    return alt if alt.exists() else p
+
+
+def _real(path: str | None) -> str | None:
+    return os.path.realpath(path) if path else None
+
+
+def _stem(path: str) -> str:
+    return safe_stem(path, "")
+
+
+@dataclass
+class TruthEntry:
+    """One ground-truth image and how to get its foreground mask."""
+
+    ref: str
+    stem: str
+    load: Callable[[], np.ndarray]
+    image: str | None = None
+    sha256: str | None = None
+    used: bool = False
+
+
+@dataclass
+class TruthIndex:
+    """Ground truth from one or more sources, looked up by image identity."""
+
+    entries: list[TruthEntry] = field(default_factory=list)
+    by_sha: dict[str, TruthEntry] = field(default_factory=dict)
+    by_path: dict[str, TruthEntry] = field(default_factory=dict)
+    by_stem: dict[str, list[TruthEntry]] = field(default_factory=dict)
+
+    def add(self, entry: TruthEntry) -> None:
+        self.entries.append(entry)
+        if entry.sha256:
+            self.by_sha.setdefault(entry.sha256, entry)
+        if entry.image:
+            self.by_path.setdefault(_real(entry.image) or "", entry)
+        self.by_stem.setdefault(entry.stem, []).append(entry)
+
+    def match(self, image: str | None, sha256: str | None, stem: str) -> tuple[TruthEntry | None, str]:
+        """(entry, how it matched) or (None, why not)."""
+        if sha256 and sha256 in self.by_sha:
+            return self.by_sha[sha256], "sha256"
+        real = _real(image)
+        if real and real in self.by_path:
+            return self.by_path[real], "path"
+        candidates = self.by_stem.get(stem, [])
+        if len(candidates) == 1:
+            return candidates[0], "stem"
+        if len(candidates) > 1:
+            return None, f"{len(candidates)} truth images are named {stem!r}; cannot tell which"
+        return None, "no ground truth for this image"
+
+
+def _add_jsonl(index: TruthIndex, path: Path) -> None:
+    for number, record in iter_jsonl(path):
+        if "error" in record:
+            continue
+        mask = record.get("mask")
+        image = record.get("image")
+        if not isinstance(mask, str):
+            raise DataError(f"{path}:{number}: truth record has no 'mask' field",
+                            "expected coco2mask output")
+        mask_path = resolve(mask, path.parent)
+        name = image if isinstance(image, str) else mask
+        index.add(TruthEntry(ref=str(mask_path), stem=_stem(name),
+                             load=lambda p=mask_path: read_mask(p),
+                             image=str(resolve(image, path.parent)) if isinstance(image, str) else None,
+                             sha256=record.get("image_sha256")))
+
+
+def _add_coco(index: TruthIndex, path: Path) -> None:
+    coco = load_coco(path)
+    for image in coco.images:
+        if image.error is not None:
+            continue
+        index.add(TruthEntry(ref=f"{path}#{image.file_name}", stem=_stem(image.file_name),
+                             load=lambda im=image: rasterize(im).labels > 0))
+
+
+def _add_folder(index: TruthIndex, folder: Path) -> None:
+    masks = index_mask_folder(folder)
+    if not masks:
+        raise NoInputError(f"{folder}: folder holds no masks")
+    for stem, mask_path in masks.items():
+        index.add(TruthEntry(ref=str(mask_path), stem=stem, load=lambda p=mask_path: read_mask(p)))
+
+
+def _is_coco(path: Path) -> bool:
+    if path.suffix.lower() != ".json":
+        return False
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(doc, dict) and "images" in doc
+
+
+def load_truth(sources: Iterable[Path]) -> TruthIndex:
+    """Build the truth index from coco2mask JSON Lines, COCO files and mask folders."""
+    index = TruthIndex()
+    for source in sources:
+        if not source.exists():
+            raise NoInputError(f"{source}: no such file or folder", "check --truth")
+        if source.is_dir():
+            _add_folder(index, source)
+        elif _is_coco(source):
+            _add_coco(index, source)
+        else:
+            _add_jsonl(index, source)
+    return index
+
+
+@dataclass
+class Prediction:
+    image: str | None
+    sha256: str | None
+    stem: str
+    mask: Path | None
+    fields: dict[str, Any]
+    error: str | None = None
+    exit_code: int = EXIT_DATA
+
+
+def predictions_from(source: str) -> Iterator[Prediction]:
+    """Predictions from segment JSON Lines (a file or ``-``) or from a folder of masks."""
+    path = Path(source)
+    if source != "-" and path.is_dir():
+        masks = index_mask_folder(path)
+        if not masks:
+            raise NoInputError(f"{path}: folder holds no masks")
+        for stem, mask_path in masks.items():
+            yield Prediction(image=None, sha256=None, stem=stem, mask=mask_path, fields={})
+        return
+    base = None if source == "-" else path.parent
+    for number, record in iter_jsonl(source):
+        image = record.get("image")
+        where = f"{source}:{number}"
+        name = image if isinstance(image, str) else where
+        carried = {k: record[k] for k in ("model", "method") if k in record}
+        if "error" in record:
+            yield Prediction(image=name, sha256=None, stem=_stem(name), mask=None, fields=carried,
+                             error=f"prediction failed: {record['error']}",
+                             exit_code=int(record.get("exit_code", EXIT_DATA)))
+            continue
+        mask = record.get("mask")
+        if not isinstance(mask, str):
+            yield Prediction(image=name, sha256=None, stem=_stem(name), mask=None, fields=carried,
+                             error=f"{where}: record has no 'mask' field")
+            continue
+        yield Prediction(image=image if isinstance(image, str) else None,
+                         sha256=record.get("image_sha256"), stem=_stem(name),
+                         mask=resolve(mask, base), fields=carried)
+
+
+def evaluate(predictions: Iterable[Prediction], truth: TruthIndex,
+             allow_missing: bool = False) -> Iterator[dict[str, Any]]:
+    """Yield one eval record per prediction, then an error record per unpredicted truth image
+    (unless ``allow_missing``)."""
+    for pred in predictions:
+        label = pred.image or str(pred.mask)
+        if pred.error is not None:
+            yield new_record(KIND, image=label, error=pred.error, exit_code=pred.exit_code, **pred.fields)
+            continue
+        entry, how = truth.match(pred.image, pred.sha256, pred.stem)
+        if entry is None:
+            yield new_record(KIND, image=label, error=f"{label}: {how}", exit_code=EXIT_NO_INPUT,
+                             **pred.fields)
+            continue
+        if entry.used:
+            yield new_record(KIND, image=label, error=f"{label}: a second prediction for truth "
+                             f"{entry.ref}; each image is evaluated once", exit_code=EXIT_DATA,
+                             **pred.fields)
+            continue
+        entry.used = True
+        try:
+            assert pred.mask is not None
+            predicted = read_mask(pred.mask)
+            true = entry.load()
+            if predicted.shape != true.shape:
+                raise DataError(f"{label}: predicted mask is {predicted.shape[1]}x{predicted.shape[0]}"
+                                f" px, truth is {true.shape[1]}x{true.shape[0]} px")
+            metrics = compare(predicted, true)
+        except MonolayerError as exc:
+            yield new_record(KIND, image=label, error=str(exc), exit_code=exc.exit_code, **pred.fields)
+            continue
+        yield new_record(KIND, image=label, truth=entry.ref, mask=str(pred.mask), matched_by=how,
+                         width=int(true.shape[1]), height=int(true.shape[0]), **metrics,
+                         **pred.fields)
+    if not allow_missing:
+        for entry in truth.entries:
+            if not entry.used:
+                yield new_record(KIND, image=entry.image or entry.ref, truth=entry.ref,
+                                 error=f"{entry.image or entry.ref}: no prediction for this truth image",
+                                 exit_code=EXIT_NO_INPUT)
+
+
+def summary(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """n, mean, std, median, IQR... of each metric over the records without errors."""
+    good = [r for r in records if "error" not in r]
+    return {name: summarize([r[name] for r in good]) for name in SUMMARY_FIELDS}

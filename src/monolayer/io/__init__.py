@@ -1,0 +1,1 @@
+"""File input and output: images, masks, atomic writes, input expansion."""

@@ -1,0 +1,202 @@
+"""Reading microscopy images and turning them into normalised grayscale arrays.
+
+Supported: TIFF (8/16/32-bit, float, grayscale, RGB(A), multi-page: one page is
+read, the first unless asked), PNG and JPEG. Anything unreadable raises
+:class:`~monolayer.errors.DataError` with the reason, so a batch can record it and
+move on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from monolayer.errors import DataError, NoInputError
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+# Refuse images above this many pixels before decoding them: a forged header can
+# otherwise ask for terabytes (a "decompression bomb"). 2**28 px is a 16k x 16k
+# tile, larger than any single microscope field of view.
+MAX_PIXELS = 2**28
+
+# Percentiles for robust intensity normalisation: phase-contrast halos saturate a
+# few pixels at the top of the range and dust or walls sit at the bottom, so the
+# extreme values say nothing about the cells.
+NORM_LOW_PERCENTILE = 0.5
+NORM_HIGH_PERCENTILE = 99.5
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes (identifies image content independent of its name)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_size(path: Path, shape: tuple[int, ...]) -> None:
+    pixels = int(np.prod([int(s) for s in shape[:2]], dtype=np.int64)) if len(shape) >= 2 else 0
+    if pixels > MAX_PIXELS:
+        raise DataError(f"{path}: image of {shape[1]}x{shape[0]} px is larger than the "
+                        f"{MAX_PIXELS} px limit", "is the header corrupt?")
+
+
+def _read_tiff(source: io.BytesIO, name: Path, page: int) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(source) as tif:
+        pages = tif.pages
+        if len(pages) == 0:
+            raise DataError(f"{name}: TIFF holds no image")
+        if page >= len(pages):
+            raise DataError(f"{name}: has {len(pages)} page(s), page {page} asked for",
+                            f"use --page 0..{len(pages) - 1}")
+        tiff_page = pages[page]
+        _check_size(name, tiff_page.shape)
+        return tiff_page.asarray()
+
+
+def _read_pillow(source: io.BytesIO, name: Path, page: int) -> np.ndarray:
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(source) as img:
+            _check_size(name, (img.height, img.width))
+            if page:
+                try:
+                    img.seek(page)
+                except EOFError:
+                    raise DataError(f"{name}: has no page {page}") from None
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L"):
+                return np.asarray(img, dtype=np.uint16)
+            if img.mode == "P":
+                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+            return np.asarray(img)
+
+
+@dataclass
+class LoadedImage:
+    """An image array as stored, with the SHA-256 of the file it came from."""
+
+    array: np.ndarray
+    sha256: str
+
+
+def load_image(path: str | Path, page: int = 0) -> LoadedImage:
+    """Read one image (one page of a multi-page TIFF) as stored, and hash its bytes.
+
+    The file is read once; the hash identifies the content whatever its name.
+    Raises :class:`NoInputError` for a missing file and :class:`DataError` for
+    anything that is not a readable image.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise NoInputError(f"{p}: no such file")
+    if p.is_dir():
+        raise DataError(f"{p}: is a folder, not an image")
+    data = p.read_bytes()
+    if not data:
+        raise DataError(f"{p}: empty file")
+    digest = hashlib.sha256(data).hexdigest()
+    source = io.BytesIO(data)
+    try:
+        if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+            array = _read_tiff(source, p, page)
+        else:
+            array = _read_pillow(source, p, page)
+    except (DataError, NoInputError):
+        raise
+    except MemoryError:
+        raise DataError(f"{p}: image too large to decode") from None
+    except Exception as exc:  # decoders raise many types for corrupt data
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        raise DataError(f"{p}: cannot read image ({reason})",
+                        "is the file truncated or not an image?") from None
+    if array.ndim < 2 or array.size == 0:
+        raise DataError(f"{p}: not a 2-D image (shape {array.shape})")
+    return LoadedImage(array=array, sha256=digest)
+
+
+def read_image(path: str | Path, page: int = 0) -> np.ndarray:
+    """Read one image as stored (see :func:`load_image`)."""
+    return load_image(path, page).array
+
+
+def to_grayscale(array: np.ndarray) -> np.ndarray:
+    """A 2-D float32 intensity image from a stored array (RGB averaged by luminance, alpha dropped).
+
+    Extra leading dimensions of length 1 are squeezed; a trailing channel axis
+    of 1, 3 or 4 is treated as colour. Anything else (a z-stack) is refused.
+    """
+    a = np.asarray(array)
+    if a.dtype == bool:
+        a = a.astype(np.uint8)
+    while a.ndim > 2 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim == 3 and a.shape[-1] in (1, 2, 3, 4):
+        channels = a.shape[-1]
+        if channels in (1, 2):  # gray or gray+alpha
+            a = a[..., 0]
+        else:
+            rgb = a[..., :3].astype(np.float32)
+            a = rgb @ np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
+    if a.ndim != 2:
+        raise DataError(f"cannot treat an array of shape {array.shape} as one 2-D image",
+                        "pick a page of a multi-page file with --page")
+    return a.astype(np.float32, copy=False)
+
+
+def normalize(gray: np.ndarray) -> np.ndarray:
+    """Robustly rescale intensities to [0, 1] (0.5th..99.5th percentile, clipped).
+
+    NaN and infinite pixels are set to the median of the finite ones. A flat
+    image (no contrast at all) maps to all zeros rather than amplified noise.
+    """
+    a = np.asarray(gray, dtype=np.float32)
+    finite = np.isfinite(a)
+    if not finite.all():
+        if not finite.any():
+            return np.zeros(a.shape, dtype=np.float32)
+        a = np.where(finite, a, np.median(a[finite])).astype(np.float32)
+    lo, hi = np.percentile(a, [NORM_LOW_PERCENTILE, NORM_HIGH_PERCENTILE])
+    if not hi > lo:
+        lo, hi = float(a.min()), float(a.max())
+        if not hi > lo:
+            return np.zeros(a.shape, dtype=np.float32)
+    out = (a - np.float32(lo)) / np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image's first page from its header, without decoding pixels."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as handle:
+            magic = handle.read(4)
+        if magic in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+            import tifffile
+
+            with tifffile.TiffFile(p) as tif:
+                page = tif.pages[0]
+                return int(page.imagelength), int(page.imagewidth)
+        from PIL import Image
+
+        with Image.open(p) as img:
+            return int(img.height), int(img.width)
+    except FileNotFoundError:
+        raise NoInputError(f"{p}: no such file") from None
+    except Exception as exc:
+        raise DataError(f"{p}: cannot read image header ({exc})") from None

@@ -1,0 +1,100 @@
+"""Expanding command-line inputs into a stream of image items.
+
+An INPUT is a file, a folder (its images, sorted by name), a quoted glob
+pattern, or ``-``: JSON Lines on stdin whose records carry an ``image`` field
+(plain lines holding one path each are accepted too, so ``ls *.tif |`` works).
+Problems with one input become an :class:`InputItem` carrying an error, so the
+batch can report it and go on.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from monolayer.errors import EXIT_DATA, EXIT_NO_INPUT
+from monolayer.io.images import IMAGE_SUFFIXES
+
+GLOB_CHARS = set("*?[")
+
+
+@dataclass
+class InputItem:
+    """One image to process, or the reason an input could not become one."""
+
+    image: str
+    error: str | None = None
+    exit_code: int = EXIT_NO_INPUT
+
+
+def _is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def _folder_images(folder: Path, recursive: bool) -> list[Path]:
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted((p for p in found if _is_image_file(p)), key=lambda p: str(p))
+
+
+def _stdin_items(stream: Iterable[str]) -> Iterator[InputItem]:
+    for number, line in enumerate(stream, start=1):
+        text = line.strip()
+        if not text:
+            continue
+        if not text.startswith("{"):
+            yield InputItem(image=text)
+            continue
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield InputItem(image=f"<stdin>:{number}", exit_code=EXIT_DATA,
+                            error=f"<stdin>:{number}: not valid JSON ({exc.msg})")
+            continue
+        image = record.get("image") if isinstance(record, dict) else None
+        if not isinstance(image, str) or not image:
+            yield InputItem(image=f"<stdin>:{number}", exit_code=EXIT_DATA,
+                            error=f"<stdin>:{number}: record has no 'image' field")
+            continue
+        yield InputItem(image=image)
+
+
+def expand_inputs(inputs: Iterable[str], *, recursive: bool = False,
+                  stdin: Iterable[str] | None = None) -> Iterator[InputItem]:
+    """Yield one item per image named by ``inputs``, each path once, in the order given."""
+    seen: set[str] = set()
+
+    def once(item: InputItem) -> Iterator[InputItem]:
+        if item.error is None:
+            key = str(Path(item.image).resolve())
+            if key in seen:
+                return
+            seen.add(key)
+        yield item
+
+    for raw in inputs:
+        if raw == "-":
+            for item in _stdin_items(stdin if stdin is not None else sys.stdin):
+                yield from once(item)
+            continue
+        path = Path(raw)
+        if path.is_dir():
+            images = _folder_images(path, recursive)
+            if not images:
+                yield InputItem(image=raw, error=f"{raw}: folder holds no images "
+                                f"({', '.join(IMAGE_SUFFIXES)})")
+            for image in images:
+                yield from once(InputItem(image=str(image)))
+        elif path.exists():
+            yield from once(InputItem(image=raw))
+        elif GLOB_CHARS & set(raw):
+            matches = sorted(glob.glob(raw, recursive=True))
+            files = [m for m in matches if _is_image_file(Path(m))]
+            if not files:
+                yield InputItem(image=raw, error=f"{raw}: pattern matches no images")
+            for match in files:
+                yield from once(InputItem(image=match))
+        else:
+            yield InputItem(image=raw, error=f"{raw}: no such file or folder")

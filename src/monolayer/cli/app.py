@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import signal
+import sys
 from typing import Annotated
 
 import typer
 
 from monolayer import __version__
 from monolayer.cli import coco2mask, evaluate, pending, segment, stats
-from monolayer.cli.common import state
+from monolayer.cli.common import say_error, state
+from monolayer.errors import EXIT_INTERRUPTED
 
 app = typer.Typer(
     name="monolayer",
@@ -54,4 +56,20 @@ def main() -> None:
     # Die quietly when the reader of a pipe goes away (`monolayer ... | head`).
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    app(prog_name="monolayer")
+    try:
+        code = app(prog_name="monolayer", standalone_mode=False)
+    except typer.Abort:
+        say_error("interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:
+        # The parser's usage errors: one line with a hint instead of a boxed panel,
+        # so cron logs and `2>&1 | grep` see the same shape as every other error.
+        if hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int):
+            ctx = getattr(exc, "ctx", None)
+            where = ctx.command_path if ctx is not None else "monolayer"
+            message = exc.format_message()
+            if message:  # empty when the help was shown for a bare `monolayer`
+                say_error(f"{message} (see '{where} --help')")
+            sys.exit(exc.exit_code)
+        raise
+    sys.exit(code if isinstance(code, int) else 0)

@@ -69,7 +69,12 @@ def _read_pillow(source: io.BytesIO, name: Path, page: int) -> np.ndarray:
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(source) as img:
+        try:
+            opened = Image.open(source)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise DataError(f"{name}: image is larger than the {MAX_PIXELS} px limit",
+                            "is the header corrupt?") from None
+        with opened as img:
             _check_size(name, (img.height, img.width))
             if page:
                 try:

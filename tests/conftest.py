@@ -1,0 +1,68 @@
+"""Shared fixtures: the shipped example images, synthetic images, and a CLI runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from monolayer.cli.app import app
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "usiigaci"
+
+
+@pytest.fixture
+def examples() -> Path:
+    return EXAMPLES
+
+
+class Run:
+    """Result of a CLI call with parsed JSON Lines on stdout."""
+
+    def __init__(self, result: Any) -> None:
+        self.code = result.exit_code
+        self.stdout = result.stdout
+        self.stderr = result.stderr
+        self.exception = result.exception
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+
+@pytest.fixture
+def cli():
+    runner = CliRunner()
+
+    def invoke(*args: str, input: str | None = None) -> Run:
+        return Run(runner.invoke(app, [str(a) for a in args], input=input))
+
+    return invoke
+
+
+def blob_image(shape=(96, 128), centers=((30, 40), (60, 90)), radius=14, seed=0) -> np.ndarray:
+    """A phase-contrast-like 8-bit image: textured discs with bright rims on a flat, noisy field."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    img = np.full(shape, 120.0) + rng.normal(0, 1.5, shape)
+    for cy, cx in centers:
+        r = np.hypot(yy - cy, xx - cx)
+        inside = r < radius
+        img[inside] += rng.normal(0, 25, inside.sum())
+        img[(r >= radius) & (r < radius + 2)] += 60
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def small_images(tmp_path: Path) -> Path:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a.tif", blob_image(seed=1))
+    tifffile.imwrite(folder / "b.tif", blob_image(centers=((48, 64),), seed=2))
+    return folder

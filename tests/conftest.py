@@ -59,6 +59,15 @@ def blob_image(shape=(96, 128), centers=((30, 40), (60, 90)), radius=14, seed=0)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def blob_truth(shape=(96, 128), centers=((30, 40), (60, 90)), radius=14) -> np.ndarray:
+    """The cells of :func:`blob_image`, rims excluded."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    truth = np.zeros(shape, bool)
+    for cy, cx in centers:
+        truth |= np.hypot(yy - cy, xx - cx) < radius
+    return truth
+
+
 @pytest.fixture
 def small_images(tmp_path: Path) -> Path:
     folder = tmp_path / "imgs"

@@ -26,3 +26,23 @@ def remove_small_objects(mask: np.ndarray, min_size: int) -> np.ndarray:
     keep = sizes >= min_size
     keep[0] = False
     return keep[labels]
+
+
+def fill_holes(mask: np.ndarray, max_size: int | None = None) -> np.ndarray:
+    """Fill holes (background not connected to the border) of up to ``max_size`` pixels.
+
+    ``max_size=None`` fills every hole.
+
+    >>> m = np.ones((7, 7), bool); m[1, 1] = False; m[3:6, 3:6] = False
+    >>> int((~fill_holes(m, max_size=4)).sum()), int((~fill_holes(m)).sum())
+    (9, 0)
+    """
+    m = np.asarray(mask, dtype=bool)
+    filled = ndi.binary_fill_holes(m)
+    if max_size is None:
+        return filled
+    holes, n = ndi.label(filled & ~m)
+    sizes = np.bincount(holes.ravel(), minlength=n + 1)
+    small = sizes <= max_size
+    small[0] = False
+    return m | small[holes]

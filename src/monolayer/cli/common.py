@@ -39,8 +39,15 @@ state = _State()
 
 
 def stderr_console() -> Console:
-    """A rich console on stderr (stdout carries data only)."""
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    """A rich console on stderr (stdout carries data only).
+
+    Off a terminal (a log file, a pipe) tables get a wide fixed width instead of
+    rich's 80 columns, so numbers are not cut to ellipses in cron logs.
+    """
+    console = Console(stderr=True, highlight=False)
+    if not console.is_terminal:
+        console = Console(stderr=True, highlight=False, width=200)
+    return console
 
 
 def say_error(message: str) -> None:

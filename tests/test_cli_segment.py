@@ -106,3 +106,11 @@ def test_blank_image_has_zero_confluence(cli, tmp_path):
     run = cli("segment", tmp_path / "flat.tif", tmp_path / "noise.tif", "--out", tmp_path / "o")
     assert run.code == 0, run.stderr
     assert [r["confluence"] for r in run.records] == [0.0, 0.0]
+
+
+def test_output_folder_inside_the_input_folder_is_not_read_back(cli, small_images):
+    out = small_images / "masks"
+    first = cli("segment", small_images, "--out", out, "-r")
+    second = cli("segment", small_images, "--out", out, "-r")
+    assert first.code == second.code == 0
+    assert len(first.records) == len(second.records) == 2

@@ -59,7 +59,7 @@ def segment(
     if model.value != "classical" and method != Method.phase:
         raise UsageError("--method applies to --model classical only")
     started = time.perf_counter()
-    items = list(expand_inputs(inputs, recursive=recursive))
+    items = list(expand_inputs(inputs, recursive=recursive, exclude=out))
     if not items:
         raise NoInputError("no input images", "name image files or folders, or - for stdin")
     options = {"method": method.value} if model.value == "classical" else {}

@@ -197,8 +197,9 @@ def evaluate(predictions: Iterable[Prediction], truth: TruthIndex,
     (unless ``allow_missing``)."""
     for pred in predictions:
         label = pred.image or str(pred.mask)
-        if pred.error is not None:
-            yield new_record(KIND, image=label, error=pred.error, exit_code=pred.exit_code, **pred.fields)
+        if pred.error is not None or pred.mask is None:
+            yield new_record(KIND, image=label, error=pred.error or f"{label}: no mask",
+                             exit_code=pred.exit_code, **pred.fields)
             continue
         entry, how = truth.match(pred.image, pred.sha256, pred.stem)
         if entry is None:
@@ -212,7 +213,6 @@ def evaluate(predictions: Iterable[Prediction], truth: TruthIndex,
             continue
         entry.used = True
         try:
-            assert pred.mask is not None
             predicted = read_mask(pred.mask)
             true = entry.load()
             if predicted.shape != true.shape:

@@ -34,9 +34,14 @@ def _is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def _folder_images(folder: Path, recursive: bool) -> list[Path]:
+def _under(path: Path, folder: Path | None) -> bool:
+    return folder is not None and path.resolve().is_relative_to(folder)
+
+
+def _folder_images(folder: Path, recursive: bool, exclude: Path | None) -> list[Path]:
     found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted((p for p in found if _is_image_file(p)), key=lambda p: str(p))
+    return sorted((p for p in found if _is_image_file(p) and not _under(p, exclude)),
+                  key=lambda p: str(p))
 
 
 def _stdin_items(stream: Iterable[str]) -> Iterator[InputItem]:
@@ -62,9 +67,15 @@ def _stdin_items(stream: Iterable[str]) -> Iterator[InputItem]:
 
 
 def expand_inputs(inputs: Iterable[str], *, recursive: bool = False,
-                  stdin: Iterable[str] | None = None) -> Iterator[InputItem]:
-    """Yield one item per image named by ``inputs``, each path once, in the order given."""
+                  stdin: Iterable[str] | None = None,
+                  exclude: Path | None = None) -> Iterator[InputItem]:
+    """Yield one item per image named by ``inputs``, each path once, in the order given.
+
+    Folders and patterns skip files under ``exclude`` (the output folder), so a
+    rerun of ``segment data/ --out data/masks -r`` does not segment its own masks.
+    """
     seen: set[str] = set()
+    exclude = exclude.resolve() if exclude is not None else None
 
     def once(item: InputItem) -> Iterator[InputItem]:
         if item.error is None:
@@ -81,7 +92,7 @@ def expand_inputs(inputs: Iterable[str], *, recursive: bool = False,
             continue
         path = Path(raw)
         if path.is_dir():
-            images = _folder_images(path, recursive)
+            images = _folder_images(path, recursive, exclude)
             if not images:
                 yield InputItem(image=raw, error=f"{raw}: folder holds no images "
                                 f"({', '.join(IMAGE_SUFFIXES)})")
@@ -91,7 +102,7 @@ def expand_inputs(inputs: Iterable[str], *, recursive: bool = False,
             yield from once(InputItem(image=raw))
         elif GLOB_CHARS & set(raw):
             matches = sorted(glob.glob(raw, recursive=True))
-            files = [m for m in matches if _is_image_file(Path(m))]
+            files = [m for m in matches if _is_image_file(Path(m)) and not _under(Path(m), exclude)]
             if not files:
                 yield InputItem(image=raw, error=f"{raw}: pattern matches no images")
             for match in files:

@@ -11,7 +11,7 @@ _monolayer() {
         esac
     done
     if [[ -z "$cmd" ]]; then
-        COMPREPLY=($(compgen -W "coco2mask segment entropy-rank train al-round evaluate stats --version --debug -h --help" -- "$cur"))
+        COMPREPLY=($(compgen -W "coco2mask segment entropy-rank train al-round evaluate stats models --version --debug -h --help" -- "$cur"))
         return
     fi
     case "$cmd" in
@@ -27,9 +27,24 @@ _monolayer() {
                 -o|--out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 -m|--model) COMPREPLY=($(compgen -W "classical sam cellpose maskrcnn unet" -- "$cur")); return ;;
                 --method) COMPREPLY=($(compgen -W "phase canny" -- "$cur")); return ;;
+                -w|--weights) COMPREPLY=(); return ;;
+                --mode) COMPREPLY=($(compgen -W "promptless auto" -- "$cur")); return ;;
+                --threshold) COMPREPLY=(); return ;;
+                --tile) COMPREPLY=(); return ;;
+                --points-per-side) COMPREPLY=(); return ;;
+                --diameter) COMPREPLY=(); return ;;
+                --truth) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --flow-threshold) COMPREPLY=(); return ;;
+                --cellprob-threshold) COMPREPLY=(); return ;;
+                --thresholds) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --score-threshold) COMPREPLY=(); return ;;
+                --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
+                --precision) COMPREPLY=($(compgen -W "fp32 bf16" -- "$cur")); return ;;
+                --batch-size) COMPREPLY=(); return ;;
+                --seed) COMPREPLY=(); return ;;
                 --page) COMPREPLY=(); return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-o --out -m --model --method --save-prob --page -r --recursive -q --quiet -h --help" -- "$cur"))
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-o --out -m --model --method -w --weights --mode --threshold --tile --points-per-side --diameter --truth --flow-threshold --cellprob-threshold --thresholds --score-threshold --device --precision --batch-size --seed --save-prob --page -r --recursive -q --quiet -h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         entropy-rank)
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-h --help" -- "$cur"))
@@ -56,6 +71,9 @@ _monolayer() {
                 --format) COMPREPLY=($(compgen -W "jsonl csv table" -- "$cur")); return ;;
             esac
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-b --by -f --field --format -h --help" -- "$cur"))
+            else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
+        models)
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
     esac
 }

@@ -17,6 +17,14 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "usiigaci"
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets an empty weights cache: a user's cached checkpoints never leak in."""
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("MONOLAYER_CACHE", str(cache))
+    return cache
+
+
 @pytest.fixture
 def examples() -> Path:
     return EXAMPLES

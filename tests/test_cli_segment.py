@@ -96,7 +96,11 @@ def test_rgb_and_16bit_inputs(cli, small_images, tmp_path):
 def test_unknown_and_unavailable_models(cli, small_images, tmp_path):
     assert cli("segment", small_images, "--out", tmp_path, "--model", "nope").code == 2
     run = cli("segment", small_images, "--out", tmp_path / "o", "--model", "sam")
-    assert run.code == 69 and "not available yet" in run.stderr and run.stdout == ""
+    assert run.code == 69 and "needs --weights" in run.stderr and run.stdout == ""
+    run = cli("segment", small_images, "--out", tmp_path / "o", "--model", "sam", "--weights", "sam_vit_b")
+    assert run.code == 69 and "models fetch sam_vit_b" in run.stderr
+    run = cli("segment", small_images, "--out", tmp_path / "o", "--mode", "auto")
+    assert run.code == 2 and "--mode does not apply to --model classical" in run.stderr
 
 
 def test_blank_image_has_zero_confluence(cli, tmp_path):

@@ -27,6 +27,14 @@ class BackendSpec:
     target: str | None
     """``module:Class``; None while the backend is not built yet."""
     needs_weights: bool
+    requires: tuple[str, ...] = ()
+    """Python packages the backend imports (checked without importing them)."""
+
+    def missing(self) -> list[str]:
+        """Required packages that are not installed here."""
+        import importlib.util
+
+        return [name for name in self.requires if importlib.util.find_spec(name) is None]
 
 
 BACKENDS: dict[str, BackendSpec] = {
@@ -34,10 +42,14 @@ BACKENDS: dict[str, BackendSpec] = {
     for spec in (
         BackendSpec("classical", "no weights: PHANTAST-style local contrast (default) or the "
                     "paper's Canny baseline", "monolayer.backends.classical:ClassicalBackend", False),
-        BackendSpec("sam", "Segment Anything, zero-shot or fine-tuned", None, True),
-        BackendSpec("cellpose", "Cellpose specialist model", None, True),
-        BackendSpec("maskrcnn", "Mask R-CNN R50-FPN, one class", None, True),
-        BackendSpec("unet", "U-Net trained from scratch", None, True),
+        BackendSpec("sam", "Segment Anything (segment-anything 1.0), zero-shot or fine-tuned",
+                    "monolayer.backends.sam:SamBackend", True, ("torch", "segment_anything")),
+        BackendSpec("cellpose", "Cellpose 3.1 specialist model (CPnet)",
+                    "monolayer.backends.cellpose:CellposeBackend", True, ("torch", "cellpose")),
+        BackendSpec("maskrcnn", "Mask R-CNN R50-FPN, one class (torchvision)",
+                    "monolayer.backends.maskrcnn:MaskRCNNBackend", True, ("torch", "torchvision")),
+        BackendSpec("unet", "U-Net (Ronneberger 2015), 64-1024 channels",
+                    "monolayer.backends.unet:UNetBackend", True, ("torch",)),
     )
 }
 
@@ -51,6 +63,10 @@ def create_backend(name: str, **options: Any) -> Backend:
         ready = ", ".join(n for n, s in BACKENDS.items() if s.target)
         raise UnavailableError(f"model {name!r} is not available yet in this version",
                                f"available: {ready}")
+    missing = spec.missing()
+    if missing:
+        raise UnavailableError(f"model {name!r} needs {', '.join(missing)}, which is not installed",
+                               "pip install 'monolayer[models]'")
     module_name, class_name = spec.target.split(":")
     try:
         module = importlib.import_module(module_name)

@@ -35,9 +35,16 @@ class Backend(ABC):
     score_kind: str | None = None
     """What ``Prediction.score`` is: ``"probability"``, ``"score"``, or None if never given."""
 
+    batch_size: int = 1
+    """How many images ``predict_batch`` takes at once; the caller groups images by this."""
+
     @abstractmethod
     def predict(self, image: np.ndarray) -> Prediction:
         """Segment one normalised grayscale image (2-D float32 in [0, 1])."""
+
+    def predict_batch(self, images: list[np.ndarray]) -> list[Prediction]:
+        """Segment several images; backends that can batch on the device override this."""
+        return [self.predict(image) for image in images]
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ INPUT = "Input"
 MODEL = "Model"
 OUTPUT = "Output"
 CHECKS = "Checks"
+HARDWARE = "Hardware"
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from monolayer.backends import Backend
+import numpy as np
+
+from monolayer.backends import Backend, Prediction
 from monolayer.commands._naming import OutputNamer, inside
-from monolayer.errors import EXIT_INTERNAL, InternalError, MonolayerError
+from monolayer.errors import EXIT_INTERNAL, InternalError, MonolayerError, NoInputError
 from monolayer.io.images import load_image, normalize, to_grayscale
 from monolayer.io.inputs import InputItem
 from monolayer.io.masks import write_binary_mask, write_score_map
@@ -33,18 +36,51 @@ def error_record(image: str, message: str, exit_code: int, model: dict[str, Any]
                       model=model.get("model"), method=model.get("method"))
 
 
-def segment_one(item: InputItem, backend: Backend, options: SegmentOptions,
-                namer: OutputNamer, model: dict[str, Any]) -> dict[str, Any]:
-    """Segment one image and write its outputs; raises MonolayerError on failure."""
+@dataclass
+class _Loaded:
+    index: int
+    item: InputItem
+    sha256: str
+    gray: np.ndarray
+    seconds: float
+
+
+def _load(index: int, item: InputItem, page: int) -> _Loaded:
     started = time.perf_counter()
-    loaded = load_image(item.image, options.page)
+    loaded = load_image(item.image, page)
     gray = to_grayscale(loaded.array)
-    height, width = gray.shape
-    prediction = backend.predict(normalize(gray))
+    return _Loaded(index, item, loaded.sha256, gray, time.perf_counter() - started)
+
+
+def _predict(backend: Backend, batch: list[_Loaded]) -> list[Prediction | Exception]:
+    """Predictions for a batch; if the batch fails, each image alone, so one bad image
+    cannot take its neighbours down with it."""
+    try:
+        return list(backend.predict_batch([normalize(x.gray) for x in batch]))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:
+        if len(batch) == 1:
+            return [exc]
+    out: list[Prediction | Exception] = []
+    for x in batch:
+        try:
+            out.append(backend.predict(normalize(x.gray)))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+def _write(x: _Loaded, prediction: Prediction, seconds: float, options: SegmentOptions,
+           namer: OutputNamer, model: dict[str, Any]) -> dict[str, Any]:
+    started = time.perf_counter()
+    height, width = x.gray.shape
     if prediction.mask.shape != (height, width):
-        raise InternalError(f"{item.image}: model {model['model']} returned a "
+        raise InternalError(f"{x.item.image}: model {model['model']} returned a "
                             f"{prediction.mask.shape} mask for a {(height, width)} image")
-    stem = namer.stem(item.image)
+    stem = namer.stem(x.item.image)
     mask_path = inside(options.out, f"{stem}.mask.tif")
     write_binary_mask(mask_path, prediction.mask)
     prob_path = None
@@ -53,8 +89,8 @@ def segment_one(item: InputItem, backend: Backend, options: SegmentOptions,
         write_score_map(prob_path, prediction.score)
     return new_record(
         KIND,
-        image=item.image,
-        image_sha256=loaded.sha256,
+        image=x.item.image,
+        image_sha256=x.sha256,
         page=options.page,
         width=width,
         height=height,
@@ -63,25 +99,82 @@ def segment_one(item: InputItem, backend: Backend, options: SegmentOptions,
         confluence=confluence(prediction.mask),
         **prediction.extras,
         **model,
-        seconds=round(time.perf_counter() - started, 4),
+        seconds=round(seconds + time.perf_counter() - started, 4),
     )
+
+
+def _failure(image: str, exc: Exception, model: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(exc, MonolayerError):
+        return error_record(image, str(exc), exc.exit_code, model)
+    return error_record(image, f"{image}: {type(exc).__name__}: {exc}", EXIT_INTERNAL, model)
 
 
 def segment_items(items: Iterable[InputItem], backend: Backend,
                   options: SegmentOptions) -> Iterator[dict[str, Any]]:
-    """Yield one record per input item, in input order; failures become error records."""
+    """Yield one record per input item, in input order; failures become error records.
+
+    Images are read and predicted in batches of ``backend.batch_size``.
+    """
     model = backend.describe()
     namer = OutputNamer()
-    for item in items:
-        if item.error is not None:
-            yield error_record(item.image, item.error, item.exit_code, model)
-            continue
-        try:
-            yield segment_one(item, backend, options, namer, model)
-        except MonolayerError as exc:
-            yield error_record(item.image, str(exc), exc.exit_code, model)
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except Exception as exc:  # one image breaking the model must not end the batch
-            yield error_record(item.image, f"{item.image}: {type(exc).__name__}: {exc}",
-                               EXIT_INTERNAL, model)
+    for chunk in _batched(items, backend.batch_size):
+        results: list[dict[str, Any] | None] = [None] * len(chunk)
+        ready: list[_Loaded] = []
+        for i, item in enumerate(chunk):
+            if item.error is not None:
+                results[i] = error_record(item.image, item.error, item.exit_code, model)
+                continue
+            try:
+                ready.append(_load(i, item, options.page))
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:
+                results[i] = _failure(item.image, exc, model)
+        if ready:
+            started = time.perf_counter()
+            predictions = _predict(backend, ready)
+            share = (time.perf_counter() - started) / len(ready)
+            for x, prediction in zip(ready, predictions):
+                if isinstance(prediction, Exception):
+                    results[x.index] = _failure(x.item.image, prediction, model)
+                    continue
+                try:
+                    results[x.index] = _write(x, prediction, x.seconds + share, options, namer, model)
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception as exc:
+                    results[x.index] = _failure(x.item.image, exc, model)
+        yield from (record for record in results if record is not None)
+
+
+def _batched(items: Iterable[InputItem], size: int) -> Iterator[tuple[InputItem, ...]]:
+    """Consecutive chunks of ``size`` items (itertools.batched needs Python 3.12)."""
+    iterator = iter(items)
+    while chunk := tuple(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def diameter_from_truth(sources: list[Path]) -> float:
+    """Mean equivalent-circle diameter of the labelled cells in instance masks.
+
+    ``sources`` are coco2mask JSON Lines (their ``mask`` files) or folders of
+    instance-label images, as the paper measures the diameter on labelled data.
+    """
+    from monolayer.commands.evaluate import resolve
+    from monolayer.io.images import read_image
+    from monolayer.io.masks import index_mask_folder
+    from monolayer.metrics import cell_diameters
+    from monolayer.records import iter_jsonl
+
+    diameters: list[float] = []
+    for source in sources:
+        if source.is_dir():
+            files = list(index_mask_folder(source).values())
+        else:
+            files = [resolve(r["mask"], source.parent) for _, r in iter_jsonl(source)
+                     if "error" not in r and isinstance(r.get("mask"), str)]
+        for file in files:
+            diameters.extend(cell_diameters(read_image(file)))
+    if not diameters:
+        raise NoInputError("--truth holds no labelled cells to measure a diameter on")
+    return float(np.mean(diameters))

@@ -1,0 +1,220 @@
+"""Segment Anything (segment-anything 1.0) as a confluence backend, zero-shot or fine-tuned.
+
+``promptless`` (the paper's pipeline): the image is resized so its longest side
+is 1024 (ResizeLongestSide) and padded to 1024 x 1024; image encoder -> prompt
+encoder with no points, boxes or masks -> mask decoder with a single mask
+(multimask_output=False) -> low-resolution logits upsampled to 1024, the
+padding cropped off, then resized to the original image size -> sigmoid ->
+probability map -> fixed, absolute threshold (never a per-image min-max
+normalisation, which would make an empty well "have cells").
+
+``auto``: segment-anything's automatic mask generator; the foreground is the
+union of the generated masks minus the background region, i.e. minus masks
+whose interior is as flat as empty background (mean local texture under the
+``phase`` method's threshold). Its score map is, per pixel, the highest
+predicted IoU of the kept masks covering it.
+
+The variant (vit_b, vit_l, vit_h or a custom size) is read from the
+checkpoint's own tensor shapes, so any plain SAM state dict loads.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from monolayer.backends._base import Prediction
+from monolayer.backends._torch import RuntimeOptions, TorchBackend
+from monolayer.errors import DataError, UsageError
+from monolayer.weights import load_state_dict
+
+MODES = ("promptless", "auto")
+IMAGE_SIZE = 1024
+KNOWN_VARIANTS = {(768, 12): "vit_b", (1024, 24): "vit_l", (1280, 32): "vit_h"}
+
+
+@dataclass(frozen=True)
+class SamArchitecture:
+    """Image-encoder hyper-parameters read from a checkpoint."""
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    global_attn_indexes: tuple[int, ...]
+
+    @property
+    def variant(self) -> str:
+        return KNOWN_VARIANTS.get((self.embed_dim, self.depth), f"custom-{self.embed_dim}x{self.depth}")
+
+
+def infer_architecture(state: dict[str, Any]) -> SamArchitecture:
+    """Read embed dim, depth, heads and global-attention blocks from a SAM state dict.
+
+    Global-attention blocks have relative-position tables spanning the whole
+    64 x 64 token grid (2*64-1 rows); windowed blocks span 14 x 14 (27 rows).
+    """
+    try:
+        embed_dim = int(state["image_encoder.patch_embed.proj.weight"].shape[0])
+        blocks = sorted({int(m.group(1)) for k in state
+                         if (m := re.match(r"image_encoder\.blocks\.(\d+)\.", k))})
+        if not blocks or blocks != list(range(len(blocks))):
+            raise KeyError("image_encoder.blocks")
+        head_dim = int(state["image_encoder.blocks.0.attn.rel_pos_h"].shape[1])
+        grid = IMAGE_SIZE // 16
+        global_blocks = tuple(i for i in blocks
+                              if int(state[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape[0]) == 2 * grid - 1)
+    except (KeyError, IndexError, AttributeError) as exc:
+        raise DataError(f"not a Segment Anything checkpoint (missing {exc})",
+                        "expected the state dict that segment-anything's builders save") from None
+    if head_dim <= 0 or embed_dim % head_dim:
+        raise DataError(f"SAM checkpoint has inconsistent attention sizes ({embed_dim} / {head_dim})")
+    return SamArchitecture(embed_dim, len(blocks), embed_dim // head_dim, global_blocks)
+
+
+class SamBackend(TorchBackend):
+    """Segment Anything, loaded once; ``mode`` is ``promptless`` (default) or ``auto``."""
+
+    name: ClassVar[str] = "sam"
+    score_kind = "probability"
+
+    def __init__(self, *, runtime: RuntimeOptions, mode: str = "promptless", threshold: float = 0.5,
+                 tile: int | None = None, tile_overlap: int | None = None, points_per_side: int = 32) -> None:
+        if mode not in MODES:
+            raise UsageError(f"unknown SAM mode {mode!r}", f"choose one of: {', '.join(MODES)}")
+        if not 0.0 < threshold < 1.0:
+            raise UsageError(f"--threshold {threshold} must be between 0 and 1")
+        if tile_overlap is None:
+            tile_overlap = min(128, (tile or 0) // 4)
+        if tile is not None and (tile < 256 or tile_overlap >= tile // 2):
+            raise UsageError("--tile must be at least 256 px and more than twice the overlap")
+        super().__init__(runtime)
+        from segment_anything.build_sam import _build_sam
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        state = load_state_dict(self.weights.path)
+        self.arch = infer_architecture(state)
+        model = _build_sam(encoder_embed_dim=self.arch.embed_dim, encoder_depth=self.arch.depth,
+                           encoder_num_heads=self.arch.num_heads,
+                           encoder_global_attn_indexes=list(self.arch.global_attn_indexes))
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise DataError(f"{self.weights.path}: SAM weights do not fit the "
+                            f"{self.arch.variant} architecture ({str(exc).splitlines()[0]})") from None
+        self.model = model.to(self.device).eval()
+        self.resize = ResizeLongestSide(IMAGE_SIZE)
+        self.mode = mode
+        self.threshold = threshold
+        self.tile = tile
+        self.tile_overlap = tile_overlap
+        self.points_per_side = points_per_side
+        if mode == "auto":
+            self.score_kind = "score"
+
+    # -- promptless -------------------------------------------------------
+
+    def _prepare(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Normalised gray -> SAM's padded 1024 x 1024 input and the resized size."""
+        rgb = np.repeat((np.clip(image, 0, 1) * 255).round().astype(np.uint8)[..., None], 3, axis=2)
+        resized = self.resize.apply_image(rgb)
+        tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()
+        return self.model.preprocess(tensor[None].float()), resized.shape[:2]
+
+    @torch.inference_mode()
+    def _probabilities(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Promptless SAM on whole images (each resized to 1024), batched through the encoder."""
+        prepared = [self._prepare(image) for image in images]
+        batch = torch.cat([x for x, _ in prepared])
+        with self.autocast():
+            embeddings = self.model.image_encoder(batch)
+        embeddings = embeddings.float()
+        sparse, dense = self.model.prompt_encoder(points=None, boxes=None, masks=None)
+        dense_pe = self.model.prompt_encoder.get_dense_pe()
+        out = []
+        for i, (image, (_, input_size)) in enumerate(zip(images, prepared)):
+            low_res, _ = self.model.mask_decoder(image_embeddings=embeddings[i: i + 1], image_pe=dense_pe,
+                                                 sparse_prompt_embeddings=sparse,
+                                                 dense_prompt_embeddings=dense, multimask_output=False)
+            # Upsample to 1024, crop the padding, then resize to the original image.
+            logits = self.model.postprocess_masks(low_res, input_size=tuple(input_size),
+                                                  original_size=image.shape[:2])
+            out.append(torch.sigmoid(logits[0, 0].float()).cpu().numpy().astype(np.float32))
+        return out
+
+    def _tiled(self, image: np.ndarray) -> np.ndarray:
+        """Promptless SAM over overlapping tiles, probabilities averaged where tiles overlap."""
+        assert self.tile is not None
+        h, w = image.shape
+        step = self.tile - self.tile_overlap
+        starts = lambda n: sorted({*range(0, max(n - self.tile, 0) + 1, step), max(n - self.tile, 0)})
+        total = np.zeros((h, w), np.float64)
+        weight = np.zeros((h, w), np.float64)
+        for y in starts(h):
+            for x in starts(w):
+                crop = image[y: y + self.tile, x: x + self.tile]
+                [prob] = self._probabilities([crop])
+                total[y: y + crop.shape[0], x: x + crop.shape[1]] += prob
+                weight[y: y + crop.shape[0], x: x + crop.shape[1]] += 1.0
+        return (total / weight).astype(np.float32)
+
+    def _needs_tiling(self, image: np.ndarray) -> bool:
+        return self.tile is not None and max(image.shape) > self.tile
+
+    # -- auto -------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _auto(self, image: np.ndarray) -> Prediction:
+        from segment_anything import SamAutomaticMaskGenerator
+
+        from scipy import ndimage as ndi
+
+        from monolayer.backends.phase import PhaseParams, noise_sigma
+
+        rgb = np.repeat((np.clip(image, 0, 1) * 255).round().astype(np.uint8)[..., None], 3, axis=2)
+        generator = SamAutomaticMaskGenerator(self.model, points_per_side=self.points_per_side,
+                                              output_mode="binary_mask")
+        with self.autocast():
+            masks = generator.generate(rgb)
+        params = PhaseParams()
+        mean = ndi.gaussian_filter(image, params.window_sigma)
+        texture = np.sqrt(np.maximum(ndi.gaussian_filter(image * image, params.window_sigma) - mean * mean, 0))
+        flat = max(params.t_abs, params.k_noise * noise_sigma(image))
+        foreground = np.zeros(image.shape, bool)
+        score = np.zeros(image.shape, np.float32)
+        kept = 0
+        for m in masks:
+            region = m["segmentation"]
+            if not region.any() or float(texture[region].mean()) < flat:
+                continue  # background: as flat as an empty well
+            kept += 1
+            foreground |= region
+            score[region] = np.maximum(score[region], np.float32(m["predicted_iou"]))
+        return Prediction(mask=foreground, score=np.clip(score, 0, 1),
+                          extras={"instances": kept, "generated_masks": len(masks)})
+
+    # -- interface --------------------------------------------------------
+
+    def predict(self, image: np.ndarray) -> Prediction:
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: list[np.ndarray]) -> list[Prediction]:
+        if self.mode == "auto":
+            return [self._auto(image) for image in images]
+        plain = [i for i, image in enumerate(images) if not self._needs_tiling(image)]
+        probs: dict[int, np.ndarray] = {}
+        if plain:
+            probs.update(zip(plain, self._probabilities([images[i] for i in plain])))
+        for i, image in enumerate(images):
+            if i not in probs:
+                probs[i] = self._tiled(image)
+        return [Prediction(mask=probs[i] >= self.threshold, score=probs[i]) for i in range(len(images))]
+
+    def describe(self) -> dict[str, Any]:
+        params = {"mode": self.mode, "threshold": self.threshold, "variant": self.arch.variant,
+                  "tile": self.tile, "tile_overlap": self.tile_overlap if self.tile else None,
+                  "points_per_side": self.points_per_side if self.mode == "auto" else None}
+        return self.describe_with(self.mode, params)

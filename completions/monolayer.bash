@@ -11,7 +11,7 @@ _monolayer() {
         esac
     done
     if [[ -z "$cmd" ]]; then
-        COMPREPLY=($(compgen -W "coco2mask segment entropy-rank train al-round evaluate stats models --version --debug -h --help" -- "$cur"))
+        COMPREPLY=($(compgen -W "coco2mask segment entropy-rank train al-round evaluate stats cellpose-thresholds models --version --debug -h --help" -- "$cur"))
         return
     fi
     case "$cmd" in
@@ -71,6 +71,17 @@ _monolayer() {
                 --format) COMPREPLY=($(compgen -W "jsonl csv table" -- "$cur")); return ;;
             esac
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-b --by -f --field --format -h --help" -- "$cur"))
+            else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
+        cellpose-thresholds)
+            case "$prev" in
+                -t|--truth) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                -w|--weights) COMPREPLY=(); return ;;
+                -o|--out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --diameter) COMPREPLY=(); return ;;
+                --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
+                --page) COMPREPLY=(); return ;;
+            esac
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-t --truth -w --weights -o --out --diameter --device --page -h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         models)
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-h --help" -- "$cur"))

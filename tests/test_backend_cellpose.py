@@ -6,6 +6,8 @@ No test may reach the network: sockets are blocked while backends are built and 
 from __future__ import annotations
 
 import json
+
+import tifffile
 import os
 import socket
 from pathlib import Path
@@ -17,7 +19,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("cellpose")
 
 from monolayer.backends._torch import RuntimeOptions  # noqa: E402
-from monolayer.backends.cellpose import CellposeBackend, mean_diameter  # noqa: E402
+from monolayer.backends.cellpose import CellposeBackend  # noqa: E402
+from monolayer.metrics import mean_diameter  # noqa: E402
 from monolayer.commands.cellpose_search import (  # noqa: E402
     CELLPROB_THRESHOLDS,
     FLOW_THRESHOLDS,
@@ -183,3 +186,40 @@ def test_mean_diameter_of_two_discs():
     assert mean_diameter([labels > 0]) == pytest.approx(30.0, abs=1.0)
     with pytest.raises(DataError):
         mean_diameter([np.zeros((5, 5), dtype=np.uint8)])
+
+
+def test_segment_cli_on_the_full_non_square_image(cli, examples, weights, tmp_path):
+    image = examples / "images" / "set30.tif"
+    args = ("segment", image, "-m", "cellpose", "-w", weights, "--device", "cpu",
+            "--diameter", "auto", "--truth", examples / "masks", "--out", tmp_path / "o", "--save-prob")
+    run = cli(*args)
+    assert run.code == 0, run.stderr
+    [r] = run.records
+    mask, prob = tifffile.imread(r["mask"]), tifffile.imread(r["prob"])
+    assert mask.shape == prob.shape == (1022, 1024)
+    assert r["confluence"] == (mask > 0).mean() and isinstance(r["instances"], int)
+    labels = [tifffile.imread(p) for p in sorted((examples / "masks").glob("*.tif"))]
+    assert r["params"]["diameter"] == pytest.approx(mean_diameter(labels))
+    again = cli(*args)
+    strip = lambda rec: {k: v for k, v in rec.items() if k != "seconds"}
+    assert strip(again.records[0]) == strip(r)
+
+
+def test_threshold_search_cli_writes_a_file_segment_reads(cli, examples, weights, tmp_path):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "truth").mkdir()
+    for name in ("set20", "set26"):
+        crop = np.s_[:96, :128]
+        tifffile.imwrite(tmp_path / "imgs" / f"{name}.tif", tifffile.imread(examples / "images" / f"{name}.tif")[crop])
+        tifffile.imwrite(tmp_path / "truth" / f"{name}.tif", tifffile.imread(examples / "masks" / f"{name}.tif")[crop])
+    run = cli("cellpose-thresholds", tmp_path / "imgs", "--truth", tmp_path / "truth", "-w", weights,
+              "--device", "cpu", "--diameter", "30", "--out", tmp_path / "thr.json")
+    assert run.code == 0, run.stderr
+    [record] = run.records
+    saved = json.loads((tmp_path / "thr.json").read_text())
+    assert len(saved["grid"]) == 175 and saved["flow_threshold"] == record["flow_threshold"]
+    seg = cli("segment", tmp_path / "imgs", "-m", "cellpose", "-w", weights, "--device", "cpu",
+              "--diameter", "30", "--thresholds", tmp_path / "thr.json", "--out", tmp_path / "o")
+    assert seg.code == 0, seg.stderr
+    assert seg.records[0]["params"]["flow_threshold"] == record["flow_threshold"]
+    assert seg.records[0]["params"]["cellprob_threshold"] == record["cellprob_threshold"]

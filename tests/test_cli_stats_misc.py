@@ -77,7 +77,7 @@ def test_generated_docs_match_the_code():
     from monolayer.cli.docgen import render_all
 
     files = render_all()
-    assert len([p for p in files if p.startswith("man/")]) == 9
+    assert len([p for p in files if p.startswith("man/")]) == 10
     stale = [rel for rel, text in files.items()
              if not (ROOT / rel).exists() or (ROOT / rel).read_text(encoding="utf-8") != text]
     assert not stale, f"run python tools/gen_docs.py: {stale}"

@@ -22,7 +22,7 @@ Diameter
     diameter of its training labels; 30 px for cyto/cyto3 and for checkpoints that
     store none), i.e. the image is rescaled by ``diam_mean / diam_labels``, exactly as
     ``CellposeModel.eval(diameter=None)``. A number rescales by ``diam_mean / diameter``.
-    :func:`mean_diameter` gives the paper's "mean cell diameter computed from the
+    :func:`monolayer.metrics.mean_diameter` gives the paper's "mean cell diameter computed from the
     labelled data".
 
 Thresholds and their precedence
@@ -79,35 +79,6 @@ class FlowOutputs:
     """Cell probability logits, shape (H, W)."""
     niter: int
     """Euler steps for following the flows (cellpose: 200 / rescale when resampling)."""
-
-
-def mean_diameter(masks: list[np.ndarray]) -> float:
-    """Mean equivalent-circle diameter, in pixels, of the instances in label images.
-
-    Each instance of area ``A`` has diameter ``2 * sqrt(A / pi)``; the mean is over
-    all instances of all images. A boolean mask is split into connected components
-    (8-connectivity) first. Raises :class:`DataError` when there is no instance.
-
-    >>> yy, xx = np.mgrid[:50, :50]
-    >>> round(mean_diameter([((yy - 25) ** 2 + (xx - 25) ** 2 < 100).astype(np.uint8)]))
-    20
-    """
-    from scipy import ndimage as ndi
-
-    areas: list[np.ndarray] = []
-    for mask in masks:
-        labels = np.asarray(mask)
-        if labels.dtype == bool:
-            labels = ndi.label(labels, structure=np.ones((3, 3), dtype=bool))[0]
-        elif not np.issubdtype(labels.dtype, np.integer):
-            raise DataError(f"label image has dtype {labels.dtype}; expected integer labels or bool")
-        counts = np.bincount(labels[labels > 0].ravel())
-        areas.append(counts[counts > 0])
-    all_areas = np.concatenate(areas) if areas else np.zeros(0)
-    if all_areas.size == 0:
-        raise DataError("no labelled cell in the masks: cannot compute a mean diameter",
-                        "give --diameter as a number of pixels")
-    return float(np.mean(2.0 * np.sqrt(all_areas / math.pi)))
 
 
 def read_thresholds(path: Path) -> dict[str, float]:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from monolayer import __version__
-from monolayer.cli import coco2mask, evaluate, models, pending, segment, stats
+from monolayer.cli import cellpose_thresholds, coco2mask, evaluate, models, pending, segment, stats
 from monolayer.cli.common import say_error, state
 from monolayer.errors import EXIT_INTERRUPTED
 
@@ -50,6 +50,7 @@ pending.register(app, "al-round", "Run one round of active learning.")
 app.command("evaluate")(evaluate.evaluate)
 app.command("stats")(stats.stats)
 app.add_typer(models.app, name="models")
+app.command("cellpose-thresholds")(cellpose_thresholds.cellpose_thresholds)
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ import numpy as np
 
 from monolayer.errors import DataError, UsageError
 from monolayer.io.atomic import write_text_atomic
+from monolayer.metrics import iou
 
 if TYPE_CHECKING:
     from monolayer.backends.cellpose import CellposeBackend
@@ -41,19 +42,11 @@ EMPTY_PENALTY = 1.0
 _DEFAULTS = (0.4, 0.0)
 
 
-def foreground_iou(pred: np.ndarray, truth: np.ndarray) -> float:
-    """IoU of two boolean masks; 1.0 when both are empty."""
-    union = np.count_nonzero(pred | truth)
-    if union == 0:
-        return 1.0
-    return np.count_nonzero(pred & truth) / union
-
-
 def image_score(pred: np.ndarray, truth: np.ndarray) -> float:
     """The per-image objective: IoU, or ``-EMPTY_PENALTY`` when every labelled cell is missed."""
     if not pred.any() and truth.any():
         return 0.0 - EMPTY_PENALTY
-    return foreground_iou(pred, truth)
+    return iou(pred, truth)
 
 
 def search_thresholds(backend: CellposeBackend, images: list[np.ndarray], truths: list[np.ndarray],
@@ -89,7 +82,7 @@ def search_thresholds(backend: CellposeBackend, images: list[np.ndarray], truths
         for flow, prob, labels in backend.labels_over_grid(outputs, flows, probs):
             i, j = flows.index(flow), probs.index(prob)
             pred = labels > 0
-            ious[i, j, k] = foreground_iou(pred, truth)
+            ious[i, j, k] = iou(pred, truth)
             scores[i, j, k] = image_score(pred, truth)
             empty[i, j] += int(not pred.any())
 
@@ -116,3 +109,33 @@ def write_thresholds(path: Path, result: dict[str, Any]) -> None:
     """Write a search result as JSON (atomically), readable by ``CellposeBackend(thresholds_file=...)``."""
     record = {"schema": SCHEMA, **result}
     write_text_atomic(Path(path), json.dumps(record, indent=2) + "\n")
+
+
+def labelled_images(items: list[Any], truth_sources: list[Path],
+                    page: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """Normalised images and their truth masks, matched by image identity as ``evaluate`` does.
+
+    An image without ground truth is an error: tuning on a silently smaller set
+    would give thresholds nobody asked for.
+    """
+    from monolayer.commands.evaluate import load_truth
+    from monolayer.errors import NoInputError
+    from monolayer.io.images import load_image, normalize, to_grayscale
+
+    truth = load_truth(truth_sources)
+    images, masks, names = [], [], []
+    for item in items:
+        if item.error is not None:
+            raise NoInputError(item.error)
+        loaded = load_image(item.image, page)
+        entry, how = truth.match(item.image, loaded.sha256, Path(item.image).stem)
+        if entry is None:
+            raise NoInputError(f"{item.image}: {how}", "every image of the search needs ground truth")
+        gray = to_grayscale(loaded.array)
+        mask = entry.load()
+        if mask.shape != gray.shape:
+            raise DataError(f"{item.image}: truth mask is {mask.shape}, image is {gray.shape}")
+        images.append(normalize(gray))
+        masks.append(mask)
+        names.append(item.image)
+    return images, masks, names

@@ -163,18 +163,17 @@ def diameter_from_truth(sources: list[Path]) -> float:
     from monolayer.commands.evaluate import resolve
     from monolayer.io.images import read_image
     from monolayer.io.masks import index_mask_folder
-    from monolayer.metrics import cell_diameters
+    from monolayer.metrics import mean_diameter
     from monolayer.records import iter_jsonl
 
-    diameters: list[float] = []
+    labels = []
     for source in sources:
         if source.is_dir():
             files = list(index_mask_folder(source).values())
         else:
             files = [resolve(r["mask"], source.parent) for _, r in iter_jsonl(source)
                      if "error" not in r and isinstance(r.get("mask"), str)]
-        for file in files:
-            diameters.extend(cell_diameters(read_image(file)))
-    if not diameters:
-        raise NoInputError("--truth holds no labelled cells to measure a diameter on")
-    return float(np.mean(diameters))
+        labels.extend(read_image(file) for file in files)
+    if not labels:
+        raise NoInputError("--truth names no mask files to measure a diameter on")
+    return mean_diameter(labels)

@@ -101,3 +101,14 @@ def test_weights_resolution_errors(tmp_path):
         weights.resolve(str(tmp_path / "nope.pt"), "unet")
     with pytest.raises(UnavailableError, match="is a sam checkpoint, not unet"):
         weights.resolve("sam_vit_b", "unet")
+
+
+def test_cellpose_model_type_is_looked_up_never_downloaded(tmp_path, monkeypatch):
+    from monolayer.errors import UnavailableError
+
+    monkeypatch.setenv("CELLPOSE_LOCAL_MODELS_PATH", str(tmp_path))
+    with pytest.raises(UnavailableError, match="never downloads"):
+        weights.resolve("cyto3", "cellpose")
+    (tmp_path / "cytotorch_0").write_bytes(b"x")
+    found = weights.resolve("cyto", "cellpose")
+    assert found.path == tmp_path / "cytotorch_0" and found.name == "cyto"

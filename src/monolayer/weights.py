@@ -74,6 +74,21 @@ PUBLISHED: dict[str, Checkpoint] = {
 }
 
 
+# Cellpose 3 built-in model types. Their files are looked up in cellpose's own model
+# folder, never downloaded (cellpose itself would download a missing one).
+CELLPOSE_MODEL_TYPES = ("cyto3", "cyto2", "cyto", "nuclei", "cyto2_cp3", "tissuenet_cp3",
+                        "livecell_cp3", "yeast_PhC_cp3", "yeast_BF_cp3", "bact_phase_cp3",
+                        "bact_fluor_cp3", "deepbacs_cp3")
+
+
+def cellpose_model_file(model_type: str) -> Path:
+    """Where cellpose 3 keeps the file of a built-in model type ($CELLPOSE_LOCAL_MODELS_PATH
+    or ~/.cellpose/models; cyto, cyto2 and nuclei carry a 'torch_0' suffix)."""
+    folder = Path(os.environ.get("CELLPOSE_LOCAL_MODELS_PATH") or Path.home() / ".cellpose" / "models")
+    suffix = "torch_0" if model_type in ("cyto", "cyto2", "nuclei") else ""
+    return folder / f"{model_type}{suffix}"
+
+
 @dataclass(frozen=True)
 class Weights:
     """A resolved weights file and its checksum."""
@@ -93,6 +108,13 @@ def resolve(spec: str | None, backend: str) -> Weights:
     path = Path(spec).expanduser()
     if path.is_file():
         return Weights(path=path, sha256=sha256_file(path))
+    if backend == "cellpose" and spec in CELLPOSE_MODEL_TYPES:
+        file = cellpose_model_file(spec)
+        if not file.is_file():
+            raise UnavailableError(f"cellpose model type {spec!r} is not on this machine ({file})",
+                                   "monolayer never downloads it: copy the file there from a "
+                                   "cellpose installation, or pass --weights FILE")
+        return Weights(path=file, sha256=sha256_file(file), name=spec)
     published = PUBLISHED.get(spec)
     if published is not None:
         if published.backend != backend:

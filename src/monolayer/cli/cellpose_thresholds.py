@@ -22,7 +22,8 @@ def cellpose_thresholds(
         "--truth", "-t", help="Their ground truth: coco2mask JSON Lines, a COCO file or a mask folder "
         "(matched by checksum, path or file-name stem). Repeatable.", rich_help_panel=INPUT,
         show_default=False)],
-    weights: Annotated[str, typer.Option("--weights", "-w", help="Cellpose 3 checkpoint file.",
+    weights: Annotated[str, typer.Option("--weights", "-w", help="Cellpose 3 checkpoint file, or a "
+                                         "model type (cyto3, ...) present in cellpose's model folder.",
                                          rich_help_panel=MODEL, show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="JSON file for the chosen thresholds "
                                       "(read by 'segment --model cellpose --thresholds FILE').",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -50,3 +51,19 @@ class Backend(ABC):
     def describe(self) -> dict[str, Any]:
         """Record fields that identify this model: ``model``, ``method``, ``params``,
         ``weights`` and ``weights_sha256`` (None for backends without weights)."""
+
+
+def predict_by_shape(images: list[np.ndarray], batch_size: int,
+                     run: Callable[[list[np.ndarray]], list[Prediction]]) -> list[Prediction]:
+    """Predictions in input order, calling ``run`` on chunks of at most ``batch_size``
+    images of equal shape (a device batch needs one shape)."""
+    results: list[Prediction | None] = [None] * len(images)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, image in enumerate(images):
+        groups.setdefault(image.shape, []).append(index)
+    for indices in groups.values():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            for i, prediction in zip(chunk, run([images[i] for i in chunk]), strict=True):
+                results[i] = prediction
+    return [r for r in results if r is not None]

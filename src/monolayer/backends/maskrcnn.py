@@ -46,7 +46,7 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.models.detection.transform import resize_boxes
 
-from monolayer.backends._base import Prediction
+from monolayer.backends._base import Prediction, predict_by_shape
 from monolayer.backends._torch import RuntimeOptions, TorchBackend
 from monolayer.errors import DataError, UsageError
 from monolayer.weights import load_state_dict
@@ -163,17 +163,7 @@ class MaskRCNNBackend(TorchBackend):
 
     def predict_batch(self, images: list[np.ndarray]) -> list[Prediction]:
         """Equal-shape images go through the model together, at most ``batch_size`` at once."""
-        arrays = [self._check(im) for im in images]
-        results: list[Prediction | None] = [None] * len(arrays)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for index, im in enumerate(arrays):
-            groups.setdefault(im.shape, []).append(index)
-        for indices in groups.values():
-            for start in range(0, len(indices), self.batch_size):
-                chunk = indices[start:start + self.batch_size]
-                for i, prediction in zip(chunk, self._run([arrays[i] for i in chunk])):
-                    results[i] = prediction
-        return [r for r in results if r is not None]
+        return predict_by_shape([self._check(im) for im in images], self.batch_size, self._run)
 
     def describe(self) -> dict[str, Any]:
         return self.describe_with(None, {"threshold": self.threshold,

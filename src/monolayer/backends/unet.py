@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from monolayer.backends._base import Prediction
+from monolayer.backends._base import Prediction, predict_by_shape
 from monolayer.backends._torch import RuntimeOptions, TorchBackend
 from monolayer.errors import DataError, UsageError
 from monolayer.weights import load_state_dict
@@ -257,17 +257,11 @@ class UNetBackend(TorchBackend):
         for im in arrays:
             if im.ndim != 2:
                 raise DataError(f"U-Net expects one 2-D grayscale image, got shape {im.shape}")
-        results: list[Prediction | None] = [None] * len(arrays)
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for index, im in enumerate(arrays):
-            groups.setdefault(im.shape, []).append(index)
-        for indices in groups.values():
-            for start in range(0, len(indices), self.batch_size):
-                chunk = indices[start:start + self.batch_size]
-                probs = self._forward(np.stack([arrays[i] for i in chunk]))
-                for i, prob in zip(chunk, probs):
-                    results[i] = self._prediction(prob)
-        return [r for r in results if r is not None]
+
+        def run(chunk: list[np.ndarray]) -> list[Prediction]:
+            return [self._prediction(prob) for prob in self._forward(np.stack(chunk))]
+
+        return predict_by_shape(arrays, self.batch_size, run)
 
     def describe(self) -> dict[str, Any]:
         return self.describe_with(None, {"threshold": self.threshold,

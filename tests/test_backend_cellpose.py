@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("cellpose")
+import torch
+import cellpose  # noqa: F401  (needed by the backend under test)
 
 from monolayer.backends._torch import RuntimeOptions  # noqa: E402
 from monolayer.backends.cellpose import CellposeBackend  # noqa: E402

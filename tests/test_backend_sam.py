@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tifffile
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("segment_anything")
+import torch
+import segment_anything  # noqa: F401  (needed by the backend under test)
 
 from monolayer.backends.sam import infer_architecture  # noqa: E402
 

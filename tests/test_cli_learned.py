@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tifffile
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("torchvision")
+import torch
+import torchvision  # noqa: F401  (needed by the backend under test)
 
 
 def without_timing(stdout: str) -> list[dict]:

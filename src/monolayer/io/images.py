@@ -124,6 +124,9 @@ def load_image(path: str | Path, page: int = 0) -> LoadedImage:
     except MemoryError:
         raise DataError(f"{p}: image too large to decode") from None
     except Exception as exc:  # decoders raise many types for corrupt data
+        if type(exc).__name__ == "UnidentifiedImageError":  # Pillow's words name a memory address
+            raise DataError(f"{p}: not a TIFF, PNG or JPEG image",
+                            "is the file truncated or not an image?") from None
         text = str(exc).strip()
         reason = text.splitlines()[0] if text else type(exc).__name__
         raise DataError(f"{p}: cannot read image ({reason})",

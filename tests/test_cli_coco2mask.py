@@ -1,7 +1,6 @@
 """coco2mask through the CLI: records, masks, lazy labels, broken input, path safety."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import tifffile

@@ -1,6 +1,6 @@
 """U-Net and Mask R-CNN through `monolayer segment`, loading a saved random model as a user's checkpoint."""
 
-import json
+import re
 
 import numpy as np
 import pytest
@@ -10,11 +10,10 @@ import torch
 import torchvision  # noqa: F401  (needed by the backend under test)
 
 
-def without_timing(stdout: str) -> list[dict]:
-    records = [json.loads(line) for line in stdout.splitlines()]
-    for r in records:
-        r.pop("seconds")
-    return records
+def without_timing(stdout: str) -> str:
+    """The raw JSON Lines bytes with only the timing field cut out."""
+    assert stdout.count('"seconds":') == len(stdout.splitlines())
+    return re.sub(r',"seconds":[0-9.e+-]+', "", stdout)
 
 
 @pytest.fixture(scope="module")

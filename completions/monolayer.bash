@@ -47,7 +47,7 @@ _monolayer() {
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-o --out -m --model --method -w --weights --mode --threshold --tile --points-per-side --diameter --truth --flow-threshold --cellprob-threshold --thresholds --score-threshold --device --precision --batch-size --seed --save-prob --page -r --recursive -q --quiet -h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         entropy-rank)
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-h --help" -- "$cur"))
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-q --quiet -h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         train)
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-h --help" -- "$cur"))

@@ -2,7 +2,7 @@
 complete -c monolayer -f
 complete -c monolayer -n 'not __fish_seen_subcommand_from coco2mask segment entropy-rank train al-round evaluate stats cellpose-thresholds models' -a coco2mask -d 'Convert COCO annotations to one uint16 instance-label TIFF per image.'
 complete -c monolayer -n 'not __fish_seen_subcommand_from coco2mask segment entropy-rank train al-round evaluate stats cellpose-thresholds models' -a segment -d 'Segment images and report their confluence.'
-complete -c monolayer -n 'not __fish_seen_subcommand_from coco2mask segment entropy-rank train al-round evaluate stats cellpose-thresholds models' -a entropy-rank -d 'Rank images by the uncertainty of their predictions (not available yet: exits 69).'
+complete -c monolayer -n 'not __fish_seen_subcommand_from coco2mask segment entropy-rank train al-round evaluate stats cellpose-thresholds models' -a entropy-rank -d 'Rank images by the uncertainty of their predictions, most uncertain first.'
 complete -c monolayer -n 'not __fish_seen_subcommand_from coco2mask segment entropy-rank train al-round evaluate stats cellpose-thresholds models' -a train -d 'Train a model on labelled images (not available yet: exits 69).'
 complete -c monolayer -n 'not __fish_seen_subcommand_from coco2mask segment entropy-rank train al-round evaluate stats cellpose-thresholds models' -a al-round -d 'Run one round of active learning (not available yet: exits 69).'
 complete -c monolayer -n 'not __fish_seen_subcommand_from coco2mask segment entropy-rank train al-round evaluate stats cellpose-thresholds models' -a evaluate -d 'Compare predicted masks with ground truth, image by image.'
@@ -43,6 +43,8 @@ complete -c monolayer -n '__fish_seen_subcommand_from segment' -l page -x -d 'Pa
 complete -c monolayer -n '__fish_seen_subcommand_from segment' -s r -l recursive -d 'Look for images in sub-folders of folder inputs.'
 complete -c monolayer -n '__fish_seen_subcommand_from segment' -s q -l quiet -d 'No progress or summary on stderr.'
 complete -c monolayer -n '__fish_seen_subcommand_from segment' -s h -l help -d 'Show the help and exit.'
+complete -c monolayer -n '__fish_seen_subcommand_from entropy-rank' -F
+complete -c monolayer -n '__fish_seen_subcommand_from entropy-rank' -s q -l quiet -d 'No summary on stderr.'
 complete -c monolayer -n '__fish_seen_subcommand_from entropy-rank' -s h -l help -d 'Show the help and exit.'
 complete -c monolayer -n '__fish_seen_subcommand_from train' -s h -l help -d 'Show the help and exit.'
 complete -c monolayer -n '__fish_seen_subcommand_from al-round' -s h -l help -d 'Show the help and exit.'

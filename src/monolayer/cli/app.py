@@ -9,7 +9,9 @@ from typing import Annotated
 import typer
 
 from monolayer import __version__
-from monolayer.cli import cellpose_thresholds, coco2mask, evaluate, models, pending, segment, stats
+from monolayer.cli import (
+    cellpose_thresholds, coco2mask, entropy_rank, evaluate, models, pending, segment, stats,
+)
 from monolayer.cli.common import say_error, state
 from monolayer.errors import EXIT_INTERRUPTED
 
@@ -44,7 +46,7 @@ def root(
 
 app.command("coco2mask")(coco2mask.coco2mask)
 app.command("segment")(segment.segment)
-pending.register(app, "entropy-rank", "Rank images by the uncertainty of their predictions.")
+app.command("entropy-rank")(entropy_rank.entropy_rank)
 pending.register(app, "train", "Train a model on labelled images.")
 pending.register(app, "al-round", "Run one round of active learning.")
 app.command("evaluate")(evaluate.evaluate)

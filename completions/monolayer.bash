@@ -11,7 +11,7 @@ _monolayer() {
         esac
     done
     if [[ -z "$cmd" ]]; then
-        COMPREPLY=($(compgen -W "coco2mask segment entropy-rank train al-round evaluate stats cellpose-thresholds models --version --debug -h --help" -- "$cur"))
+        COMPREPLY=($(compgen -W "coco2mask segment entropy-rank train evaluate stats cellpose-thresholds al-round models --version --debug -h --help" -- "$cur"))
         return
     fi
     case "$cmd" in
@@ -52,9 +52,6 @@ _monolayer() {
         train)
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
-        al-round)
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-h --help" -- "$cur"))
-            else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         evaluate)
             case "$prev" in
                 -t|--truth) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -83,9 +80,28 @@ _monolayer() {
             esac
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-t --truth -w --weights -o --out --diameter --device --page -h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
+        al-round)
+            case "$prev" in
+                --images) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --initial) COMPREPLY=(); return ;;
+                -o|--out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --test-size) COMPREPLY=(); return ;;
+                --test-target) COMPREPLY=(); return ;;
+                --test) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --seed) COMPREPLY=(); return ;;
+                --strategy) COMPREPLY=($(compgen -W "entropy score random" -- "$cur")); return ;;
+                --k) COMPREPLY=(); return ;;
+                --ranked) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --set) COMPREPLY=($(compgen -W "train test pool" -- "$cur")); return ;;
+            esac
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-h --help --images --initial -o --out --test-size --test-target --test --seed --force --strategy --k --ranked --set" -- "$cur"))
+            else COMPREPLY=($(compgen -W "init next show" -- "$cur") $(compgen -f -- "$cur")); fi ;;
         models)
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-h --help" -- "$cur"))
-            else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
+            case "$prev" in
+                --timeout) COMPREPLY=(); return ;;
+            esac
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-h --help --timeout --force" -- "$cur"))
+            else COMPREPLY=($(compgen -W "fetch" -- "$cur") $(compgen -f -- "$cur")); fi ;;
     esac
 }
 complete -o default -o filenames -F _monolayer monolayer

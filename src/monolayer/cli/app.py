@@ -10,7 +10,7 @@ import typer
 
 from monolayer import __version__
 from monolayer.cli import (
-    cellpose_thresholds, coco2mask, entropy_rank, evaluate, models, pending, segment, stats,
+    al_round, cellpose_thresholds, coco2mask, entropy_rank, evaluate, models, pending, segment, stats,
 )
 from monolayer.cli.common import say_error, state
 from monolayer.errors import EXIT_INTERRUPTED
@@ -48,7 +48,7 @@ app.command("coco2mask")(coco2mask.coco2mask)
 app.command("segment")(segment.segment)
 app.command("entropy-rank")(entropy_rank.entropy_rank)
 pending.register(app, "train", "Train a model on labelled images.")
-pending.register(app, "al-round", "Run one round of active learning.")
+app.add_typer(al_round.app, name="al-round")
 app.command("evaluate")(evaluate.evaluate)
 app.command("stats")(stats.stats)
 app.add_typer(models.app, name="models")

@@ -11,7 +11,7 @@ _monolayer() {
         esac
     done
     if [[ -z "$cmd" ]]; then
-        COMPREPLY=($(compgen -W "coco2mask segment entropy-rank train evaluate stats cellpose-thresholds al-round models --version --debug -h --help" -- "$cur"))
+        COMPREPLY=($(compgen -W "coco2mask segment entropy-rank train evaluate cellpose-thresholds al-round stats models --version --debug -h --help" -- "$cur"))
         return
     fi
     case "$cmd" in
@@ -58,16 +58,9 @@ _monolayer() {
                 --summary) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --fail-under) COMPREPLY=(); return ;;
                 --fail-over) COMPREPLY=(); return ;;
+                --tag) COMPREPLY=(); return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-t --truth --summary --fail-under --fail-over --allow-missing -q --quiet -h --help" -- "$cur"))
-            else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
-        stats)
-            case "$prev" in
-                -b|--by) COMPREPLY=(); return ;;
-                -f|--field) COMPREPLY=(); return ;;
-                --format) COMPREPLY=($(compgen -W "jsonl csv table" -- "$cur")); return ;;
-            esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-b --by -f --field --format -h --help" -- "$cur"))
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-t --truth --summary --fail-under --fail-over --allow-missing --tag -q --quiet -h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         cellpose-thresholds)
             case "$prev" in
@@ -96,6 +89,25 @@ _monolayer() {
             esac
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-h --help --images --initial -o --out --test-size --test-target --test --seed --force --strategy --k --ranked --set" -- "$cur"))
             else COMPREPLY=($(compgen -W "init next show" -- "$cur") $(compgen -f -- "$cur")); fi ;;
+        stats)
+            case "$prev" in
+                -b|--by) COMPREPLY=(); return ;;
+                -f|--field) COMPREPLY=(); return ;;
+                --format) COMPREPLY=($(compgen -W "jsonl csv table" -- "$cur")); return ;;
+                --metric) COMPREPLY=(); return ;;
+                --group) COMPREPLY=(); return ;;
+                --correction) COMPREPLY=($(compgen -W "holm bh" -- "$cur")); return ;;
+                --alpha) COMPREPLY=(); return ;;
+                --plot) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --metric) COMPREPLY=(); return ;;
+                --labels) COMPREPLY=(); return ;;
+                --plot) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --correction) COMPREPLY=($(compgen -W "holm bh" -- "$cur")); return ;;
+                --alpha) COMPREPLY=(); return ;;
+                --plot) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+            esac
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-h --help -b --by -f --field --format --metric --group --correction --alpha --plot --metric --labels --plot --correction --alpha --plot" -- "$cur"))
+            else COMPREPLY=($(compgen -W "summary rounds compare movie" -- "$cur") $(compgen -f -- "$cur")); fi ;;
         models)
             case "$prev" in
                 --timeout) COMPREPLY=(); return ;;

@@ -50,7 +50,7 @@ app.command("entropy-rank")(entropy_rank.entropy_rank)
 pending.register(app, "train", "Train a model on labelled images.")
 app.add_typer(al_round.app, name="al-round")
 app.command("evaluate")(evaluate.evaluate)
-app.command("stats")(stats.stats)
+app.add_typer(stats.app, name="stats")
 app.add_typer(models.app, name="models")
 app.command("cellpose-thresholds")(cellpose_thresholds.cellpose_thresholds)
 

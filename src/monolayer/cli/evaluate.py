@@ -29,6 +29,21 @@ def parse_check(spec: str, default_metric: str) -> tuple[str, float]:
         raise UsageError(f"{spec!r}: {value!r} is not a number", "write METRIC=VALUE, e.g. iou=0.8") from None
 
 
+def parse_tag(spec: str) -> tuple[str, Any]:
+    """``KEY=VALUE``; an integer or decimal VALUE becomes a number."""
+    key, sep, value = spec.partition("=")
+    if not sep or not key:
+        raise UsageError(f"--tag {spec!r}: write KEY=VALUE")
+    if key in ("schema", "version", "image", "error"):
+        raise UsageError(f"--tag {key} would overwrite a field evaluate writes")
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
+
+
 def _table(stats: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -66,6 +81,10 @@ def evaluate(
     allow_missing: Annotated[bool, typer.Option(
         "--allow-missing", help="Truth images without a prediction are not an error.",
         rich_help_panel=CHECKS)] = False,
+    tags: Annotated[list[str] | None, typer.Option(
+        "--tag", help="Add KEY=VALUE to every record (e.g. --tag strategy=entropy --tag round=3), "
+        "for 'stats rounds'. Numbers stay numbers. Repeatable.", rich_help_panel=OUTPUT,
+        show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary table on stderr.",
                                         rich_help_panel=OUTPUT)] = False,
 ) -> None:
@@ -81,9 +100,11 @@ def evaluate(
     """
     checks = [(*parse_check(s, "iou"), "under") for s in fail_under or []]
     checks += [(*parse_check(s, "abs_confluence_error"), "over") for s in fail_over or []]
+    extra = dict(parse_tag(t) for t in tags or [])
     index = load_truth(truth)
     tally = Tally()
-    records = list(write_records(run_evaluate(predictions_from(predictions), index, allow_missing), tally))
+    tagged = ({**r, **extra} for r in run_evaluate(predictions_from(predictions), index, allow_missing))
+    records = list(write_records(tagged, tally))
     stats = summary(records)
     if summary_path is not None:
         write_text_atomic(summary_path, json.dumps(stats, indent=2) + "\n")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import enum
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from monolayer.cli.common import INPUT, OUTPUT, cli_errors, say_warning, stderr_console
 from monolayer.commands.stats import collect
@@ -29,6 +31,26 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
+class _SummaryByDefault(TyperGroup):
+    """`monolayer stats FILE ...` means `monolayer stats summary FILE ...`."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
+            args = ["summary", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(cls=_SummaryByDefault, help="Statistics of JSON Lines: summaries (the default), "
+                  "active-learning rounds, two-evaluation comparisons, movie positions.",
+                  context_settings={"help_option_names": ["-h", "--help"]})
+
+
+class Correction(str, enum.Enum):
+    holm = "holm"
+    bh = "bh"
+
+
+@app.command("summary")
 @cli_errors
 def stats(
     files: Annotated[list[str] | None, typer.Argument(
@@ -44,9 +66,9 @@ def stats(
         "--format", help="jsonl or csv on stdout, or a table on stderr.",
         rich_help_panel=OUTPUT)] = Format.jsonl,
 ) -> None:
-    """Summarise numeric fields of JSON Lines records, grouped by keys.
+    """Summarise numeric fields of JSON Lines records, grouped by keys (the default).
 
-    Prints one record per group and field with n, mean, std (sample), median,
+    `monolayer stats FILE ...` runs this. Prints one record per group and field with n, mean, std (sample), median,
     q1, q3, iqr, min, max. Records with an 'error' field are skipped and counted
     on stderr.
 
@@ -82,3 +104,102 @@ def stats(
 
 def _fmt_csv(value: Any) -> str:
     return "" if value is None else str(value)
+
+
+def _write(records: list[dict[str, Any]]) -> None:
+    writer = RecordWriter()
+    for record in records:
+        writer.write(record)
+
+
+@app.command("rounds")
+@cli_errors
+def rounds(
+    files: Annotated[list[str], typer.Argument(help="evaluate JSON Lines tagged with strategy, repeat "
+                                               "and round (evaluate --tag).", show_default=False)],
+    metric: Annotated[str, typer.Option("--metric", help="Field to analyse.")] = "abs_confluence_error",
+    group: Annotated[str, typer.Option("--group", help="Field naming the strategy.")] = "strategy",
+    correction: Annotated[Correction, typer.Option("--correction", help="Multiple-comparison "
+                                                   "correction over rounds: holm or bh.")] = Correction.holm,
+    alpha: Annotated[float, typer.Option("--alpha", help="Significance level.")] = 0.05,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG: metric by round, IQR bands, "
+                                              "significant rounds marked.", rich_help_panel=OUTPUT)] = None,
+) -> None:
+    """Metric by round across repeats, and strategies compared per round.
+
+    For each round and strategy: the per-repeat mean of the metric over the test
+    images, summarised across repeats (n, mean, median, q1, q3, IQR). For each round
+    and pair of strategies: Mann-Whitney U, p, p corrected over rounds, significance,
+    Cliff's delta and its magnitude.
+
+    Example: monolayer stats rounds eval_*.jsonl --metric abs_confluence_error --plot rounds.png
+    """
+    from monolayer.commands.experiments import rounds as analyse
+
+    records = analyse(iter_many(files), metric, group=group, correction=correction.value, alpha=alpha)
+    _write(records)
+    if plot is not None:
+        from monolayer.plots import rounds_plot
+
+        rounds_plot(records, plot, group=group)
+
+
+@app.command("compare")
+@cli_errors
+def compare(
+    first: Annotated[Path, typer.Argument(help="One evaluation (e.g. trained on lazy labels).",
+                                          show_default=False)],
+    second: Annotated[Path, typer.Argument(help="The other (e.g. trained on exact labels).",
+                                           show_default=False)],
+    metric: Annotated[str, typer.Option("--metric", help="Field to compare.")] = "abs_confluence_error",
+    labels: Annotated[tuple[str, str], typer.Option("--labels", help="Names of the two.")] = ("lazy", "exact"),
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG box plot.",
+                                              rich_help_panel=OUTPUT)] = None,
+) -> None:
+    """Compare two evaluations, e.g. a model trained on lazy labels against one trained on exact ones.
+
+    Each is summarised; then Mann-Whitney U, Cliff's delta, and the mean paired
+    difference over the images both evaluated.
+
+    Example: monolayer stats compare eval_lazy.jsonl eval_exact.jsonl --plot lazy_vs_exact.png
+    """
+    from monolayer.commands.experiments import compare as analyse
+    from monolayer.records import iter_jsonl
+
+    a = [r for _, r in iter_jsonl(first)]
+    b = [r for _, r in iter_jsonl(second)]
+    records = analyse(a, b, metric, labels)
+    _write(records)
+    if plot is not None:
+        from monolayer.plots import compare_plot
+
+        values = [[float(r[metric]) for r in side if "error" not in r] for side in (a, b)]
+        compare_plot(values[0], values[1], labels, metric, plot, records[-1]["p"])
+
+
+@app.command("movie")
+@cli_errors
+def movie(
+    manifests: Annotated[list[Path], typer.Argument(help="al-round manifests (one per repeat and "
+                                                    "strategy) of time-ordered frames.", show_default=False)],
+    correction: Annotated[Correction, typer.Option("--correction", help="holm or bh.")] = Correction.holm,
+    alpha: Annotated[float, typer.Option("--alpha", help="Significance level.")] = 0.05,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG of distance by round.",
+                                              rich_help_panel=OUTPUT)] = None,
+) -> None:
+    """Distance in movie position between images picked in consecutive rounds, AL vs random.
+
+    A frame's position is its rank among the manifest's images sorted by name (or
+    its 'frame' field). Per round: mean and IQR over repeats per strategy, and
+    Mann-Whitney U between strategies.
+
+    Example: monolayer stats movie rep*_entropy.json rep*_random.json --plot movie.png
+    """
+    from monolayer.commands.experiments import movie as analyse
+
+    records = analyse(manifests, correction=correction.value, alpha=alpha)
+    _write(records)
+    if plot is not None:
+        from monolayer.plots import rounds_plot
+
+        rounds_plot(records, plot, title="distance between consecutively picked frames")

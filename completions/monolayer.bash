@@ -43,14 +43,30 @@ _monolayer() {
                 --batch-size) COMPREPLY=(); return ;;
                 --seed) COMPREPLY=(); return ;;
                 --page) COMPREPLY=(); return ;;
+                --resize) COMPREPLY=(); return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-o --out -m --model --method -w --weights --mode --threshold --tile --points-per-side --diameter --truth --flow-threshold --cellprob-threshold --thresholds --score-threshold --device --precision --batch-size --seed --save-prob --page -r --recursive -q --quiet -h --help" -- "$cur"))
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-o --out -m --model --method -w --weights --mode --threshold --tile --points-per-side --diameter --truth --flow-threshold --cellprob-threshold --thresholds --score-threshold --device --precision --batch-size --seed --save-prob --page --resize -r --recursive -q --quiet -h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         entropy-rank)
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-q --quiet -h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         train)
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-h --help" -- "$cur"))
+            case "$prev" in
+                -m|--model) COMPREPLY=($(compgen -W "classical sam cellpose maskrcnn unet" -- "$cur")); return ;;
+                --train) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --epochs) COMPREPLY=(); return ;;
+                -o|--out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --val) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --resize) COMPREPLY=(); return ;;
+                --lr) COMPREPLY=(); return ;;
+                --patch) COMPREPLY=(); return ;;
+                --crops-per-image) COMPREPLY=(); return ;;
+                --base-channels) COMPREPLY=(); return ;;
+                --batch-size) COMPREPLY=(); return ;;
+                --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
+                --seed) COMPREPLY=(); return ;;
+            esac
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-m --model --train --epochs -o --out --val --resize --augment --no-augment --lr --patch --crops-per-image --base-channels --batch-size --device --seed --restart -q --quiet -h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         evaluate)
             case "$prev" in

@@ -10,7 +10,7 @@ import typer
 
 from monolayer import __version__
 from monolayer.cli import (
-    al_round, cellpose_thresholds, coco2mask, entropy_rank, evaluate, models, pending, segment, stats,
+    al_round, cellpose_thresholds, coco2mask, entropy_rank, evaluate, models, segment, stats, train,
 )
 from monolayer.cli.common import say_error, state
 from monolayer.errors import EXIT_INTERRUPTED
@@ -47,7 +47,7 @@ def root(
 app.command("coco2mask")(coco2mask.coco2mask)
 app.command("segment")(segment.segment)
 app.command("entropy-rank")(entropy_rank.entropy_rank)
-pending.register(app, "train", "Train a model on labelled images.")
+app.command("train")(train.train)
 app.add_typer(al_round.app, name="al-round")
 app.command("evaluate")(evaluate.evaluate)
 app.add_typer(stats.app, name="stats")

@@ -139,6 +139,10 @@ def segment(
         rich_help_panel=OUTPUT)] = False,
     page: Annotated[int, typer.Option("--page", min=0, help="Page of multi-page TIFFs to read.",
                                       rich_help_panel=INPUT)] = 0,
+    resize: Annotated[int | None, typer.Option(
+        "--resize", min=16, help="Give the model images scaled so the longest side is this many "
+        "pixels (use the value the model was trained with); masks are scaled back, so confluence "
+        "is still over the original image.", rich_help_panel=INPUT, show_default=False)] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Look for images in "
                                             "sub-folders of folder inputs.", rich_help_panel=INPUT)] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on stderr.",
@@ -174,7 +178,7 @@ def segment(
     tally = Tally()
     with progress(len(items), "segment", quiet) as bar:
         task = bar.add_task("segment", total=len(items))
-        records = segment_items(items, backend, SegmentOptions(out=out, save_prob=save_prob, page=page))
+        records = segment_items(items, backend, SegmentOptions(out=out, save_prob=save_prob, page=page, resize=resize))
         for _ in write_records(records, tally):
             bar.advance(task)
     finish(tally, "segment", quiet, time.perf_counter() - started)

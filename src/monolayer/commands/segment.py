@@ -14,7 +14,7 @@ import numpy as np
 from monolayer.backends import Backend, Prediction
 from monolayer.commands._naming import OutputNamer, inside
 from monolayer.errors import EXIT_INTERNAL, InternalError, MonolayerError, NoInputError
-from monolayer.io.images import load_image, normalize, to_grayscale
+from monolayer.io.images import load_image, normalize, resize_longest, to_grayscale
 from monolayer.io.inputs import InputItem
 from monolayer.io.masks import write_binary_mask, write_score_map
 from monolayer.metrics import confluence
@@ -28,6 +28,9 @@ class SegmentOptions:
     out: Path
     save_prob: bool = False
     page: int = 0
+    resize: int | None = None
+    """Scale images so the longest side is this many px before the model (as in training);
+    masks and maps are scaled back, so confluence is still over the original image."""
 
 
 def error_record(image: str, message: str, exit_code: int, model: dict[str, Any]) -> dict[str, Any]:
@@ -52,20 +55,42 @@ def _load(index: int, item: InputItem, page: int) -> _Loaded:
     return _Loaded(index, item, loaded.sha256, gray, time.perf_counter() - started)
 
 
-def _predict(backend: Backend, batch: list[_Loaded]) -> list[Prediction | Exception]:
+def _at_original_size(prediction: Prediction, shape: tuple[int, int]) -> Prediction:
+    """Scale a prediction made on a resized image back to the image's own shape."""
+    if prediction.mask.shape == shape:
+        return prediction
+    from skimage.transform import resize
+
+    if prediction.score is not None:
+        score = resize(prediction.score, shape, order=1, preserve_range=True).astype(np.float32)
+        # Keep the invariant mask == score >= threshold where the backend had one.
+        mask = resize(prediction.mask.astype(np.float32), shape, order=1) >= 0.5
+    else:
+        score, mask = None, resize(prediction.mask.astype(np.float32), shape, order=1) >= 0.5
+    return Prediction(mask=mask, score=score, extras=prediction.extras)
+
+
+def _predict(backend: Backend, batch: list[_Loaded], resize: int | None = None) -> list[Prediction | Exception]:
     """Predictions for a batch; if the batch fails, each image alone, so one bad image
     cannot take its neighbours down with it."""
+    out = _predict_raw(backend, batch, resize)
+    return [p if isinstance(p, Exception) else _at_original_size(p, x.gray.shape)
+            for p, x in zip(out, batch)]
+
+
+def _predict_raw(backend: Backend, batch: list[_Loaded], resize: int | None) -> list[Prediction | Exception]:
+    inputs = [resize_longest(normalize(x.gray), resize) for x in batch]
     try:
-        return list(backend.predict_batch([normalize(x.gray) for x in batch]))
+        return list(backend.predict_batch(inputs))
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as exc:
         if len(batch) == 1:
             return [exc]
     out: list[Prediction | Exception] = []
-    for x in batch:
+    for image in inputs:
         try:
-            out.append(backend.predict(normalize(x.gray)))
+            out.append(backend.predict(image))
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:
@@ -132,7 +157,7 @@ def segment_items(items: Iterable[InputItem], backend: Backend,
                 results[i] = _failure(item.image, exc, model)
         if ready:
             started = time.perf_counter()
-            predictions = _predict(backend, ready)
+            predictions = _predict(backend, ready, options.resize)
             share = (time.perf_counter() - started) / len(ready)
             for x, prediction in zip(ready, predictions):
                 if isinstance(prediction, Exception):

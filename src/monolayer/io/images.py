@@ -208,3 +208,15 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise NoInputError(f"{p}: no such file") from None
     except Exception as exc:
         raise DataError(f"{p}: cannot read image header ({exc})") from None
+
+
+def resize_longest(image: np.ndarray, longest: int | None, order: int = 1) -> np.ndarray:
+    """``image`` scaled so its longest side is ``longest`` px (never enlarged; None: unchanged)."""
+    if longest is None or max(image.shape[:2]) <= longest:
+        return image
+    from skimage.transform import resize
+
+    scale = longest / max(image.shape[:2])
+    shape = tuple(max(1, round(s * scale)) for s in image.shape[:2])
+    out = resize(image, shape, order=order, preserve_range=True, anti_aliasing=order > 0)
+    return out.astype(image.dtype, copy=False)

@@ -1,0 +1,78 @@
+"""A resumable epoch loop.
+
+After every epoch the loop saves, atomically, the model's weights to ``--out``
+(a plain state dict that ``segment --weights`` loads) and a training state beside
+it (``OUT.state``: epoch, optimiser, random-generator states, the log so far).
+Run the same command again after an interruption and it continues after the last
+saved epoch, first re-emitting the log records of the epochs already done, so a
+``> log.jsonl`` redirect ends up with every epoch exactly once.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from monolayer.errors import DataError, UsageError
+from monolayer.io.atomic import write_atomic
+from monolayer.records import new_record
+
+
+def state_path(out: Path) -> Path:
+    return out.with_name(out.name + ".state")
+
+
+def _save_torch(target: Path, obj: Any) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(target, lambda tmp: tmp.write_bytes(buffer.getvalue()))
+
+
+def run_epochs(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: dict[str, Any],
+               epochs: int, out: Path, rng: np.random.Generator,
+               train_epoch: Callable[[], float], validate: Callable[[], dict[str, float]] | None,
+               emit: Callable[[dict[str, Any]], None], restart: bool = False) -> None:
+    """Train until ``epochs`` are done, resuming from ``OUT.state`` when it matches ``config``."""
+    state_file = state_path(out)
+    log: list[dict[str, Any]] = []
+    start = 1
+    if state_file.exists() and not restart:
+        try:
+            state = torch.load(state_file, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise DataError(f"{state_file}: unreadable training state ({exc})",
+                            "delete it or pass --restart") from None
+        if state.get("config") != config:
+            raise UsageError(f"{state_file} belongs to a different training configuration",
+                             "use the same options to resume, or --restart to start over")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        rng.bit_generator.state = state["numpy_rng"]
+        log = list(state["log"])
+        start = int(state["epoch"]) + 1
+        for record in log:
+            emit(record)
+    for epoch in range(start, epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        loss = train_epoch()
+        metrics = {}
+        if validate is not None:
+            model.eval()
+            metrics = validate()
+        record = new_record("train", model=config["model"], epoch=epoch, epochs=epochs, loss=loss,
+                            **metrics, seconds=round(time.perf_counter() - started, 3))
+        log.append(record)
+        weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        _save_torch(out, weights)
+        _save_torch(state_file, {"config": config, "epoch": epoch, "model": weights,
+                                 "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                                 "numpy_rng": rng.bit_generator.state, "log": log})
+        emit(record)

@@ -54,13 +54,6 @@ def test_stats_non_numeric_field_names_the_line(cli, tmp_path):
     assert run.code == 65 and f"{f}:2: field 'v' is '45%'" in run.stderr
 
 
-@pytest.mark.parametrize("command", ["train"])
-def test_pending_commands_exit_69_without_output(cli, command):
-    run = cli(command, "anything", "--flag")
-    assert run.code == 69 and run.stdout == ""
-    assert run.stderr.count("\n") == 1 and "not available yet" in run.stderr
-
-
 def test_version(cli):
     run = cli("--version")
     assert run.code == 0 and run.stdout.strip() == f"monolayer {__version__}"

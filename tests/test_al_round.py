@@ -28,6 +28,7 @@ def test_init_picks_test_images_nearest_half_and_a_seeded_initial_set(cli, truth
     assert [r["image"] for r in run.records] == [r["image"] for r in m["train"]]
     again = cli("al-round", "init", "--images", truth, "--test-size", "3", "--initial", "2", "--seed", "7",
                 "--out", tmp_path / "m2.json")
+    assert again.records == run.records
     assert manifest(tmp_path / "m2.json")["train"] == m["train"]
     assert cli("al-round", "init", "--images", truth, "--initial", "2", "--out", tmp_path / "m.json").code == 2
 

@@ -46,3 +46,24 @@ def test_pipe_segment_into_stats_via_stdin(tmp_path):
     [record] = [json.loads(l) for l in stats.stdout.splitlines()]
     assert record["n"] == 1 and record["mean"] == json.loads(seg.stdout)["confluence"]
     assert seg.stderr == "" and stats.stderr == ""
+
+
+@pytest.mark.slow
+def test_active_learning_example_script_on_the_examples(cli, examples, tmp_path):
+    truth = cli("coco2mask", examples / "annotations.json", "--images", examples / "images", "--out", tmp_path / "t")
+    (tmp_path / "truth.jsonl").write_text(truth.stdout)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               REPEATS="2", EPOCHS="1", K="1", INITIAL="1", TEST_SIZE="1", RESIZE="64",
+               BASE_CHANNELS="2", PATCH="32")
+    proc = subprocess.run(["bash", str(ROOT / "examples" / "al_experiment.sh"), str(tmp_path / "truth.jsonl"),
+                           str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(l) for l in (tmp_path / "out" / "rounds_abs_confluence_error.jsonl").read_text().splitlines()]
+    summaries = [r for r in records if r["record"] == "summary"]
+    # 3 images: 1 test, 1 initial, 1 in the pool -> rounds 0 and 1, for both strategies, 2 repeats each.
+    assert {(r["strategy"], r["round"], r["n"]) for r in summaries} == {
+        (s, rnd, 2) for s in ("entropy", "random") for rnd in (0, 1)}
+    assert any(r["record"] == "test" for r in records)
+    assert (tmp_path / "out" / "rounds_abs_confluence_error.png").read_bytes()[:4] == b"\x89PNG"
+    manifest = json.loads((tmp_path / "out" / "entropy_rep1.json").read_text())
+    assert manifest["pool"] == [] and [h["strategy"] for h in manifest["history"]] == ["random", "entropy"]

@@ -67,6 +67,10 @@ class RecordWriter:
         self._stream.flush()
         self.count += 1
 
+    def write_all(self, records: Iterable[dict[str, Any]]) -> None:
+        for record in records:
+            self.write(record)
+
 
 def _open_text(path: str | Path) -> IO[str]:
     if str(path) == "-":

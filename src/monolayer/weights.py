@@ -157,6 +157,28 @@ def load_state_dict(path: Path) -> dict[str, Any]:
     return obj
 
 
+def strip_data_parallel(state: dict[str, Any]) -> dict[str, Any]:
+    """Drop the ``module.`` prefix a model saved from ``nn.DataParallel`` carries."""
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def load_strict(model: Any, state: dict[str, Any], where: str, what: str, hint: str | None = None) -> Any:
+    """Load ``state`` into ``model`` requiring every key and shape to fit.
+
+    A ``module.`` prefix (a model saved from ``nn.DataParallel``) is removed first;
+    a mismatch is a :class:`DataError` naming the first differences.
+    """
+    try:
+        model.load_state_dict(strip_data_parallel(state), strict=True)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = "; ".join(lines[1:3]) if len(lines) > 1 else lines[0] if lines else ""
+        raise DataError(f"{where}: weights do not fit {what} ({detail[:300]})", hint) from None
+    return model
+
+
 def fetch(name: str, timeout: float = 10.0, force: bool = False) -> Path:
     """Download a published checkpoint into the cache, verifying its SHA-256.
 

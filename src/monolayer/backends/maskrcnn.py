@@ -49,7 +49,7 @@ from torchvision.models.detection.transform import resize_boxes
 from monolayer.backends._base import Prediction, predict_by_shape
 from monolayer.backends._torch import RuntimeOptions, TorchBackend
 from monolayer.errors import DataError, UsageError
-from monolayer.weights import load_state_dict
+from monolayer.weights import load_state_dict, load_strict
 
 DETECTIONS_PER_IMAGE = 500
 """Instances kept per image, after NMS; dense monolayers hold hundreds of cells."""
@@ -73,8 +73,6 @@ def build_model() -> MaskRCNN:
 def load_model(state: dict[str, Any], where: str = "checkpoint") -> MaskRCNN:
     """:func:`build_model` with the checkpoint's weights; every key must fit (strict)."""
     state = dict(state)
-    if state and all(k.startswith("module.") for k in state):  # saved from nn.DataParallel
-        state = {k[len("module."):]: v for k, v in state.items()}
     if any(k.startswith("backbone.bottom_up.") for k in state):
         raise DataError(f"{where}: looks like a detectron2 checkpoint, which this backend does not read",
                         "give the state_dict() of torchvision's maskrcnn_resnet50_fpn(num_classes=2)")
@@ -82,17 +80,8 @@ def load_model(state: dict[str, Any], where: str = "checkpoint") -> MaskRCNN:
     if isinstance(cls, torch.Tensor) and cls.ndim == 2 and cls.shape[0] != NUM_CLASSES:
         raise DataError(f"{where}: Mask R-CNN with {cls.shape[0] - 1} foreground classes; "
                         "this backend expects one (num_classes=2: background + cell)")
-    model = build_model()
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        detail = "; ".join(lines[1:3]) if len(lines) > 1 else lines[0] if lines else ""
-        raise DataError(f"{where}: weights do not fit Mask R-CNN R50-FPN with one class "
-                        f"({detail[:300]})",
-                        "expected the state_dict() of torchvision's "
-                        "maskrcnn_resnet50_fpn(num_classes=2)") from None
-    return model
+    return load_strict(build_model(), state, where, "Mask R-CNN R50-FPN with one class",
+                       "expected the state_dict() of torchvision's maskrcnn_resnet50_fpn(num_classes=2)")
 
 
 class MaskRCNNBackend(TorchBackend):

@@ -30,7 +30,7 @@ import torch
 from monolayer.backends._base import Prediction
 from monolayer.backends._torch import RuntimeOptions, TorchBackend
 from monolayer.errors import DataError, UsageError
-from monolayer.weights import load_state_dict
+from monolayer.weights import load_state_dict, load_strict
 
 MODES = ("promptless", "auto")
 IMAGE_SIZE = 1024
@@ -100,11 +100,7 @@ class SamBackend(TorchBackend):
         model = _build_sam(encoder_embed_dim=self.arch.embed_dim, encoder_depth=self.arch.depth,
                            encoder_num_heads=self.arch.num_heads,
                            encoder_global_attn_indexes=list(self.arch.global_attn_indexes))
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise DataError(f"{self.weights.path}: SAM weights do not fit the "
-                            f"{self.arch.variant} architecture ({str(exc).splitlines()[0]})") from None
+        load_strict(model, state, str(self.weights.path), f"the SAM {self.arch.variant} architecture")
         self.model = model.to(self.device).eval()
         self.resize = ResizeLongestSide(IMAGE_SIZE)
         self.mode = mode

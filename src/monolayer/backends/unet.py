@@ -34,7 +34,7 @@ from torch import nn
 from monolayer.backends._base import Prediction, predict_by_shape
 from monolayer.backends._torch import RuntimeOptions, TorchBackend
 from monolayer.errors import DataError, UsageError
-from monolayer.weights import load_state_dict
+from monolayer.weights import load_state_dict, load_strict, strip_data_parallel
 
 PAD_MULTIPLE = 16
 """Four 2x2 poolings: each side must divide by 2**4 for the skips to line up exactly."""
@@ -194,19 +194,11 @@ def build_from_state(state: dict[str, Any], where: str = "checkpoint") -> UNet:
     """A UNet with the checkpoint's architecture and weights (strict: every key must fit)."""
     state = dict(state)
     state.pop("mask_values", None)  # milesial's train.py stores the label values beside the weights
-    if state and all(k.startswith("module.") for k in state):  # saved from nn.DataParallel
-        state = {k[len("module."):]: v for k, v in state.items()}
+    state = strip_data_parallel(state)
     config = infer_config(state, where)
     model = UNet(config.n_channels, 1, base_channels=config.base_channels, bilinear=config.bilinear)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        detail = "; ".join(lines[1:3]) if len(lines) > 1 else lines[0] if lines else ""
-        raise DataError(f"{where}: weights do not fit a U-Net with base {config.base_channels}, "
-                        f"{'bilinear' if config.bilinear else 'transposed'} up-sampling "
-                        f"({detail[:300]})") from None
-    return model
+    return load_strict(model, state, where, f"a U-Net with base {config.base_channels}, "
+                       f"{'bilinear' if config.bilinear else 'transposed'} up-sampling")
 
 
 class UNetBackend(TorchBackend):

@@ -33,11 +33,6 @@ def _records(path: Path) -> list[dict]:
     return [r for _, r in iter_jsonl(path) if "error" not in r]
 
 
-def _print(records: list[dict]) -> None:
-    writer = RecordWriter()
-    for record in records:
-        writer.write(record)
-
 
 @app.command("init")
 @cli_errors
@@ -69,7 +64,7 @@ def init(
                              test=_records(test) if test else None, test_target=test_target,
                              source=str(images))
     manifest.save(out)
-    _print(manifest.train)
+    RecordWriter().write_all(manifest.train)
 
 
 @app.command("next")
@@ -92,7 +87,7 @@ def next_command(
     manifest.save(manifest_path)
     if len(moved) < k:
         say_warning(f"only {len(moved)} image(s) were left in the pool")
-    _print(manifest.train)
+    RecordWriter().write_all(manifest.train)
 
 
 @app.command("show")
@@ -111,4 +106,4 @@ def show(
     import sys
 
     print(f"monolayer: al-round: {say}", file=sys.stderr)
-    _print(getattr(manifest, part.value))
+    RecordWriter().write_all(getattr(manifest, part.value))

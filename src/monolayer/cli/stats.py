@@ -106,11 +106,6 @@ def _fmt_csv(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _write(records: list[dict[str, Any]]) -> None:
-    writer = RecordWriter()
-    for record in records:
-        writer.write(record)
-
 
 @app.command("rounds")
 @cli_errors
@@ -137,7 +132,7 @@ def rounds(
     from monolayer.commands.experiments import rounds as analyse
 
     records = analyse(iter_many(files), metric, group=group, correction=correction.value, alpha=alpha)
-    _write(records)
+    RecordWriter().write_all(records)
     if plot is not None:
         from monolayer.plots import rounds_plot
 
@@ -169,7 +164,7 @@ def compare(
     a = [r for _, r in iter_jsonl(first)]
     b = [r for _, r in iter_jsonl(second)]
     records = analyse(a, b, metric, labels)
-    _write(records)
+    RecordWriter().write_all(records)
     if plot is not None:
         from monolayer.plots import compare_plot
 
@@ -198,7 +193,7 @@ def movie(
     from monolayer.commands.experiments import movie as analyse
 
     records = analyse(manifests, correction=correction.value, alpha=alpha)
-    _write(records)
+    RecordWriter().write_all(records)
     if plot is not None:
         from monolayer.plots import rounds_plot
 

@@ -124,6 +124,59 @@ def _check_state_dict(state: dict[str, Any], expected: dict[str, torch.Tensor], 
                             "is it a checkpoint of another architecture or number of outputs?")
 
 
+def new_model(device: torch.device) -> Any:
+    """A randomly initialised cellpose 3 ``CellposeModel`` (CPnet, 2 input channels).
+
+    ``pretrained_model=False`` with no ``model_type``: cellpose neither downloads nor
+    substitutes a default model. mkldnn off: its MKL-DNN path breaks on some CPUs and
+    in training; the speed difference is small.
+    """
+    from cellpose import models
+
+    model = models.CellposeModel(pretrained_model=False, model_type=None, mkldnn=False,
+                                 device=device, nchan=2, diam_mean=DEFAULT_DIAMETER)
+    model.net.mkldnn = False
+    model.mkldnn = False
+    model.net.to(device)
+    return model
+
+
+def load_weights(model: Any, path: Path) -> None:
+    """Load a cellpose 3 checkpoint into ``model`` (safely, shapes checked) and take its diameters."""
+    state = load_state_dict(path)
+    net = model.net
+    _check_state_dict(state, net.state_dict(), path)
+    net.load_state_dict(state, strict=False)  # only diam_mean/diam_labels may be absent
+    sync_diameters(model, str(path))
+
+
+def sync_diameters(model: Any, where: str) -> None:
+    """Copy the network's stored ``diam_mean`` / ``diam_labels`` to the model, as cellpose does."""
+    net = model.net
+    model.diam_mean = float(net.diam_mean.detach().cpu()[0])
+    model.diam_labels = float(net.diam_labels.detach().cpu()[0])
+    if not (model.diam_mean > 0 and model.diam_labels > 0):
+        raise DataError(f"{where}: stored diameters are not positive "
+                        f"(diam_mean {model.diam_mean}, diam_labels {model.diam_labels})")
+
+
+def run_eval(model: Any, image: np.ndarray, *, diameter: float, flow_threshold: float = DEFAULT_FLOW_THRESHOLD,
+             cellprob_threshold: float = DEFAULT_CELLPROB_THRESHOLD, compute_masks: bool = True,
+             autocast: Any = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """``CellposeModel.eval`` on one grayscale image as the backend runs it (channels [0, 0],
+    cellpose's own normalisation): instance labels and cellpose's flows list."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 2:
+        raise DataError(f"cellpose backend takes one 2-D image, not shape {image.shape}")
+    with _quiet_sparse(), torch.inference_mode(), autocast or contextlib.nullcontext():
+        masks, flows, _styles = model.eval(
+            image, channels=[0, 0], diameter=diameter,
+            normalize={"normalize": True, "invert": False}, flow_threshold=flow_threshold,
+            cellprob_threshold=cellprob_threshold, min_size=MIN_SIZE,
+            max_size_fraction=MAX_SIZE_FRACTION, compute_masks=compute_masks)
+    return masks, flows
+
+
 class CellposeBackend(TorchBackend):
     """Cellpose 3 instance segmentation; the mask is the union of the instances."""
 
@@ -151,26 +204,9 @@ class CellposeBackend(TorchBackend):
                                    else from_file.get("cellprob_threshold", cellprob_threshold))
 
         super().__init__(runtime)
-        from cellpose import models
-
-        state = load_state_dict(self.weights.path)
-        # pretrained_model=False with no model_type: cellpose neither downloads nor
-        # substitutes a default model. mkldnn off: its MKL-DNN path breaks on some CPUs
-        # and in training; the speed difference is small.
-        model = models.CellposeModel(pretrained_model=False, model_type=None, mkldnn=False,
-                                     device=self.device, nchan=2, diam_mean=DEFAULT_DIAMETER)
-        net = model.net
-        expected = net.state_dict()
-        _check_state_dict(state, expected, self.weights.path)
-        net.load_state_dict(state, strict=False)  # only diam_mean/diam_labels may be absent
-        net.mkldnn = False
-        net.to(self.device).eval()
-        model.mkldnn = False
-        model.diam_mean = float(net.diam_mean.detach().cpu()[0])
-        model.diam_labels = float(net.diam_labels.detach().cpu()[0])
-        if not (model.diam_mean > 0 and model.diam_labels > 0):
-            raise DataError(f"{self.weights.path}: stored diameters are not positive "
-                            f"(diam_mean {model.diam_mean}, diam_labels {model.diam_labels})")
+        model = new_model(self.device)
+        load_weights(model, self.weights.path)
+        model.net.eval()
         self._model = model
         if self.autocast_dtype is not None:
             # cellpose turns outputs into numpy, which has no bfloat16.
@@ -185,17 +221,9 @@ class CellposeBackend(TorchBackend):
 
     def _eval(self, image: np.ndarray, compute_masks: bool, flow_threshold: float,
               cellprob_threshold: float) -> tuple[np.ndarray, list[np.ndarray]]:
-        image = np.asarray(image, dtype=np.float32)
-        if image.ndim != 2:
-            raise DataError(f"cellpose backend takes one 2-D image, not shape {image.shape}")
-        with _quiet_sparse(), torch.inference_mode(), self.autocast():
-            # diameter=None lets cellpose use diam_mean / diam_labels, same as passing it.
-            masks, flows, _styles = self._model.eval(
-                image, channels=[0, 0], diameter=self.effective_diameter,
-                normalize={"normalize": True, "invert": False}, flow_threshold=flow_threshold,
-                cellprob_threshold=cellprob_threshold, min_size=MIN_SIZE,
-                max_size_fraction=MAX_SIZE_FRACTION, compute_masks=compute_masks)
-        return masks, flows
+        return run_eval(self._model, image, diameter=self.effective_diameter, flow_threshold=flow_threshold,
+                        cellprob_threshold=cellprob_threshold, compute_masks=compute_masks,
+                        autocast=self.autocast())
 
     def predict(self, image: np.ndarray) -> Prediction:
         masks, flows = self._eval(image, True, self.flow_threshold, self.cellprob_threshold)

@@ -37,6 +37,7 @@ Inference rules:
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, ClassVar
 
 import numpy as np
@@ -84,6 +85,39 @@ def load_model(state: dict[str, Any], where: str = "checkpoint") -> MaskRCNN:
                        "expected the state_dict() of torchvision's maskrcnn_resnet50_fpn(num_classes=2)")
 
 
+def detect(model: MaskRCNN, images: list[np.ndarray], device: torch.device, threshold: float,
+           score_threshold: float, autocast: Any = None) -> list[Prediction]:
+    """One forward pass of an eval-mode model over images of any shapes (torchvision pads
+    the batch itself): the backend's rules above, shared with training's validation."""
+    tensors = [torch.from_numpy(np.ascontiguousarray(im, dtype=np.float32)).to(device)
+               .unsqueeze(0).expand(3, -1, -1) for im in images]
+    original_sizes = [(int(im.shape[0]), int(im.shape[1])) for im in images]
+    out = []
+    with torch.inference_mode():
+        with autocast or contextlib.nullcontext():
+            batch, _ = model.transform(tensors)
+            features = model.backbone(batch.tensors)
+            proposals, _ = model.rpn(batch, features)
+            detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
+        for det, resized, original in zip(detections, batch.image_sizes, original_sizes):
+            scores = det["scores"].float()
+            keep = scores >= score_threshold
+            scores = scores[keep]
+            boxes = resize_boxes(det["boxes"].float()[keep], resized, original)
+            masks = det["masks"].float()[keep]
+            prob = torch.zeros(original, dtype=torch.float32, device=device)
+            for start in range(0, len(scores), _PASTE_CHUNK):
+                pasted = paste_masks_in_image(masks[start:start + _PASTE_CHUNK],
+                                              boxes[start:start + _PASTE_CHUNK], original)
+                prob = torch.maximum(prob, pasted.amax(dim=(0, 1)))
+            score_map = prob.cpu().numpy().astype(np.float32, copy=False)
+            n = int(scores.numel())
+            out.append(Prediction(
+                mask=score_map >= np.float32(threshold), score=score_map,
+                extras={"instances": n, "mean_confidence": float(scores.mean()) if n else None}))
+    return out
+
+
 class MaskRCNNBackend(TorchBackend):
     """Union of instance masks; score = per-pixel max of kept instances' mask probabilities."""
 
@@ -109,36 +143,7 @@ class MaskRCNNBackend(TorchBackend):
         self.model = model.to(self.device).eval()
 
     def _run(self, images: list[np.ndarray]) -> list[Prediction]:
-        """One forward pass over images of any shapes (torchvision pads the batch itself)."""
-        tensors = [torch.from_numpy(np.ascontiguousarray(im, dtype=np.float32)).to(self.device)
-                   .unsqueeze(0).expand(3, -1, -1) for im in images]
-        original_sizes = [(int(im.shape[0]), int(im.shape[1])) for im in images]
-        model = self.model
-        out = []
-        with torch.inference_mode():
-            with self.autocast():
-                batch, _ = model.transform(tensors)
-                features = model.backbone(batch.tensors)
-                proposals, _ = model.rpn(batch, features)
-                detections, _ = model.roi_heads(features, proposals, batch.image_sizes)
-            for det, resized, original in zip(detections, batch.image_sizes, original_sizes):
-                scores = det["scores"].float()
-                keep = scores >= self.score_threshold
-                scores = scores[keep]
-                boxes = resize_boxes(det["boxes"].float()[keep], resized, original)
-                masks = det["masks"].float()[keep]
-                prob = torch.zeros(original, dtype=torch.float32, device=self.device)
-                for start in range(0, len(scores), _PASTE_CHUNK):
-                    pasted = paste_masks_in_image(masks[start:start + _PASTE_CHUNK],
-                                                  boxes[start:start + _PASTE_CHUNK], original)
-                    prob = torch.maximum(prob, pasted.amax(dim=(0, 1)))
-                score_map = prob.cpu().numpy().astype(np.float32, copy=False)
-                n = int(scores.numel())
-                out.append(Prediction(
-                    mask=score_map >= np.float32(self.threshold), score=score_map,
-                    extras={"instances": n,
-                            "mean_confidence": float(scores.mean()) if n else None}))
-        return out
+        return detect(self.model, images, self.device, self.threshold, self.score_threshold, self.autocast())
 
     @staticmethod
     def _check(image: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -75,6 +76,41 @@ def infer_architecture(state: dict[str, Any]) -> SamArchitecture:
     return SamArchitecture(embed_dim, len(blocks), embed_dim // head_dim, global_blocks)
 
 
+def load_sam(path: Path) -> tuple[Any, SamArchitecture]:
+    """A SAM model built to the architecture read from the checkpoint, its weights loaded strictly."""
+    from segment_anything.build_sam import _build_sam
+
+    state = load_state_dict(path)
+    arch = infer_architecture(state)
+    model = _build_sam(encoder_embed_dim=arch.embed_dim, encoder_depth=arch.depth,
+                       encoder_num_heads=arch.num_heads,
+                       encoder_global_attn_indexes=list(arch.global_attn_indexes))
+    load_strict(model, state, str(path), f"the SAM {arch.variant} architecture")
+    return model, arch
+
+
+def prepare(model: Any, resize: Any, image: np.ndarray,
+            device: torch.device) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Normalised gray -> SAM's padded 1024 x 1024 input and the resized size."""
+    rgb = np.repeat((np.clip(image, 0, 1) * 255).round().astype(np.uint8)[..., None], 3, axis=2)
+    resized = resize.apply_image(rgb)
+    tensor = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()
+    return model.preprocess(tensor[None].float()), resized.shape[:2]
+
+
+def promptless_logits(model: Any, embedding: torch.Tensor, input_size: tuple[int, int],
+                      original_size: tuple[int, int]) -> torch.Tensor:
+    """The paper's promptless decoder pass for one image embedding: (H, W) logits at the
+    original size (low-res logits upsampled to 1024, padding cropped, then resized).
+    Differentiable in the mask decoder, so fine-tuning trains exactly what segment runs."""
+    sparse, dense = model.prompt_encoder(points=None, boxes=None, masks=None)
+    low_res, _ = model.mask_decoder(image_embeddings=embedding, image_pe=model.prompt_encoder.get_dense_pe(),
+                                    sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense,
+                                    multimask_output=False)
+    logits = model.postprocess_masks(low_res, input_size=tuple(input_size), original_size=tuple(original_size))
+    return logits[0, 0]
+
+
 class SamBackend(TorchBackend):
     """Segment Anything, loaded once; ``mode`` is ``promptless`` (default) or ``auto``."""
 
@@ -92,15 +128,9 @@ class SamBackend(TorchBackend):
         if tile is not None and (tile < 256 or tile_overlap >= tile // 2):
             raise UsageError("--tile must be at least 256 px and more than twice the overlap")
         super().__init__(runtime)
-        from segment_anything.build_sam import _build_sam
         from segment_anything.utils.transforms import ResizeLongestSide
 
-        state = load_state_dict(self.weights.path)
-        self.arch = infer_architecture(state)
-        model = _build_sam(encoder_embed_dim=self.arch.embed_dim, encoder_depth=self.arch.depth,
-                           encoder_num_heads=self.arch.num_heads,
-                           encoder_global_attn_indexes=list(self.arch.global_attn_indexes))
-        load_strict(model, state, str(self.weights.path), f"the SAM {self.arch.variant} architecture")
+        model, self.arch = load_sam(self.weights.path)
         self.model = model.to(self.device).eval()
         self.resize = ResizeLongestSide(IMAGE_SIZE)
         self.mode = mode
@@ -114,11 +144,7 @@ class SamBackend(TorchBackend):
     # -- promptless -------------------------------------------------------
 
     def _prepare(self, image: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Normalised gray -> SAM's padded 1024 x 1024 input and the resized size."""
-        rgb = np.repeat((np.clip(image, 0, 1) * 255).round().astype(np.uint8)[..., None], 3, axis=2)
-        resized = self.resize.apply_image(rgb)
-        tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()
-        return self.model.preprocess(tensor[None].float()), resized.shape[:2]
+        return prepare(self.model, self.resize, image, self.device)
 
     @torch.inference_mode()
     def _probabilities(self, images: list[np.ndarray]) -> list[np.ndarray]:
@@ -128,17 +154,10 @@ class SamBackend(TorchBackend):
         with self.autocast():
             embeddings = self.model.image_encoder(batch)
         embeddings = embeddings.float()
-        sparse, dense = self.model.prompt_encoder(points=None, boxes=None, masks=None)
-        dense_pe = self.model.prompt_encoder.get_dense_pe()
         out = []
         for i, (image, (_, input_size)) in enumerate(zip(images, prepared)):
-            low_res, _ = self.model.mask_decoder(image_embeddings=embeddings[i: i + 1], image_pe=dense_pe,
-                                                 sparse_prompt_embeddings=sparse,
-                                                 dense_prompt_embeddings=dense, multimask_output=False)
-            # Upsample to 1024, crop the padding, then resize to the original image.
-            logits = self.model.postprocess_masks(low_res, input_size=tuple(input_size),
-                                                  original_size=image.shape[:2])
-            out.append(torch.sigmoid(logits[0, 0].float()).cpu().numpy().astype(np.float32))
+            logits = promptless_logits(self.model, embeddings[i: i + 1], input_size, image.shape[:2])
+            out.append(torch.sigmoid(logits.float()).cpu().numpy().astype(np.float32))
         return out
 
     def _tiled(self, image: np.ndarray) -> np.ndarray:

@@ -33,11 +33,18 @@ def _records(path: Path) -> list[dict]:
     return [r for _, r in iter_jsonl(path) if "error" not in r]
 
 
+def _test_records(path: Path) -> list[dict]:
+    from monolayer.io.truth import truth_records
+
+    return truth_records(path, with_confluence=False) if path.is_dir() else _records(path)
+
+
 
 @app.command("init")
 @cli_errors
 def init(
-    images: Annotated[Path, typer.Option("--images", help="Labelled images: coco2mask JSON Lines.",
+    images: Annotated[Path, typer.Option("--images", help="Labelled images: coco2mask JSON "
+                                         "Lines, or a folder with images/ and masks/.",
                                          rich_help_panel=INPUT, show_default=False)],
     initial: Annotated[int, typer.Option("--initial", help="Size of the random initial training set.",
                                          show_default=False)],
@@ -47,8 +54,8 @@ def init(
                                            "--test-target confluence (ignored with --test).")] = 0,
     test_target: Annotated[float, typer.Option("--test-target", help="Confluence the test images are "
                                                "chosen around.")] = 0.5,
-    test: Annotated[Path | None, typer.Option("--test", help="JSON Lines naming the test images "
-                                              "instead.", rich_help_panel=INPUT)] = None,
+    test: Annotated[Path | None, typer.Option("--test", help="The test images instead: JSON "
+                                              "Lines naming them, or a folder with images/ and masks/.", rich_help_panel=INPUT)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the initial draw and of random rounds.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing manifest.")] = False,
 ) -> None:
@@ -60,8 +67,10 @@ def init(
         from monolayer.errors import UsageError
 
         raise UsageError(f"{out} exists", "use --force to start this repeat again")
-    manifest = init_manifest(_records(images), test_size=test_size, initial=initial, seed=seed,
-                             test=_records(test) if test else None, test_target=test_target,
+    from monolayer.io.truth import truth_records
+
+    manifest = init_manifest(truth_records(images), test_size=test_size, initial=initial, seed=seed,
+                             test=_test_records(test) if test else None, test_target=test_target,
                              source=str(images))
     manifest.save(out)
     RecordWriter().write_all(manifest.train)

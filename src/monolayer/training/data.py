@@ -1,4 +1,4 @@
-"""Training pairs (normalised image, foreground mask) from coco2mask records, and augmentation."""
+"""Training pairs (normalised image, instance labels) from truth records, and augmentation."""
 
 from __future__ import annotations
 
@@ -10,37 +10,66 @@ import numpy as np
 
 from monolayer.commands.evaluate import resolve
 from monolayer.errors import DataError, NoInputError
-from monolayer.io.images import load_image, normalize, resize_longest, to_grayscale
-from monolayer.io.masks import read_mask
-from monolayer.records import iter_jsonl
+from monolayer.io.images import load_image, normalize, read_image, resize_longest, to_grayscale
+from monolayer.io.truth import truth_records
 
 
 @dataclass
 class Pair:
     image_path: str
-    image: np.ndarray  # float32 in [0, 1], resized
-    mask: np.ndarray   # bool, same shape
+    image: np.ndarray   # float32 in [0, 1], resized
+    labels: np.ndarray  # int32 instance labels (0 = background), same shape
     sha256: str
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The foreground: what U-Net and SAM learn."""
+        return self.labels > 0
+
+
+def read_labels(path: Path) -> np.ndarray:
+    """Instance labels from a mask file.
+
+    A label image (coco2mask's ``.labels.tif``, Usiigaci's masks) is kept as it is;
+    a binary mask (only 0 and one other value) becomes its connected components,
+    which is what a lazy label means for an instance model: each cohesive cluster
+    is one object.
+    """
+    from skimage.measure import label
+
+    array = np.asarray(read_image(path))
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        array = array[..., :3].any(axis=-1)
+    if array.ndim != 2:
+        raise DataError(f"{path}: mask has shape {array.shape}, expected a 2-D image")
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise DataError(f"{path}: mask holds NaN or infinite values")
+        array = array.round()
+    values = np.unique(array)
+    if values.size <= 2:
+        return label(array != 0, connectivity=1).astype(np.int32)
+    if values.min() < 0:
+        raise DataError(f"{path}: label image has negative labels")
+    return array.astype(np.int32)
 
 
 def load_pairs(path: Path, resize: int | None) -> list[Pair]:
-    """Image/mask pairs named by coco2mask JSON Lines (``image`` and ``mask`` fields)."""
+    """Image/label pairs from coco2mask JSON Lines or a folder with images/ and masks/."""
+    path = Path(path)
+    base = path if path.is_dir() else path.parent
     pairs = []
-    for number, record in iter_jsonl(path):
-        if "error" in record:
-            continue
-        if not isinstance(record.get("image"), str) or not isinstance(record.get("mask"), str):
-            raise DataError(f"{path}:{number}: a training record needs 'image' and 'mask'",
-                            "use coco2mask output")
-        image_path = resolve(record["image"], path.parent)
-        loaded = load_image(image_path)
+    for record in truth_records(path, with_confluence=False):
+        loaded = load_image(resolve(record["image"], base))
         image = normalize(to_grayscale(loaded.array))
-        mask = read_mask(resolve(record["mask"], path.parent))
-        if mask.shape != image.shape:
-            raise DataError(f"{path}:{number}: mask {mask.shape} and image {image.shape} differ in shape")
+        labels = read_labels(resolve(record["mask"], base))
+        if labels.shape != image.shape:
+            raise DataError(f"{record['mask']}: mask {labels.shape} and image {image.shape} differ in shape")
         image = resize_longest(image, resize, order=1)
-        mask = resize_longest(mask.astype(np.float32), resize, order=1) >= 0.5
-        pairs.append(Pair(str(record["image"]), image.astype(np.float32), mask, loaded.sha256))
+        labels = resize_longest(labels, resize, order=0)  # nearest: labels stay labels
+        pairs.append(Pair(str(record["image"]), image.astype(np.float32), labels, loaded.sha256))
     if not pairs:
         raise NoInputError(f"{path}: no image/mask pairs to train on")
     return pairs

@@ -58,6 +58,7 @@ _monolayer() {
                 -o|--out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --val) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --resize) COMPREPLY=(); return ;;
+                -w|--weights) COMPREPLY=(); return ;;
                 --lr) COMPREPLY=(); return ;;
                 --patch) COMPREPLY=(); return ;;
                 --crops-per-image) COMPREPLY=(); return ;;
@@ -66,7 +67,7 @@ _monolayer() {
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --seed) COMPREPLY=(); return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-m --model --train --epochs -o --out --val --resize --augment --no-augment --lr --patch --crops-per-image --base-channels --batch-size --device --seed --restart -q --quiet -h --help" -- "$cur"))
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-m --model --train --epochs -o --out --val --resize --augment --no-augment -w --weights --lr --patch --crops-per-image --base-channels --batch-size --device --seed --restart -q --quiet -h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         evaluate)
             case "$prev" in

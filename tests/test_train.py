@@ -34,8 +34,15 @@ def test_train_then_segment(cli, truth, examples, tmp_path):
     assert seg.records[0]["params"]["base_channels"] == 4 and seg.records[0]["width"] == 1024
 
 
-def test_untrainable_model_and_changed_options(cli, truth, tmp_path):
-    assert cli("train", "--model", "sam", "--train", truth, "--epochs", "1", "--out", tmp_path / "s.pt").code == 69
+def test_options_that_do_not_fit_and_changed_options(cli, truth, tmp_path):
+    no_weights = cli("train", "--model", "sam", "--train", truth, "--epochs", "1", "--out", tmp_path / "s.pt")
+    assert no_weights.code == 2 and "--weights" in no_weights.stderr
+    classical = cli("train", "--model", "classical", "--train", truth, "--epochs", "1", "--out", tmp_path / "c.pt")
+    assert classical.code == 2 and "nothing" not in classical.stdout
+    wrong = cli("train", "--model", "maskrcnn", "--train", truth, "--epochs", "1", "--out", tmp_path / "m.pt",
+                "--base-channels", "4")
+    assert wrong.code == 2 and "--base-channels does not apply" in wrong.stderr
+    assert not (tmp_path / "s.pt").exists() and not (tmp_path / "m.pt").exists()
     out = tmp_path / "unet.pt"
     assert cli("train", "--model", "unet", "--train", truth, "--epochs", "1", "--out", out, *TINY).code == 0
     changed = cli("train", "--model", "unet", "--train", truth, "--epochs", "2", "--out", out, *TINY, "--lr", "0.01")

@@ -168,7 +168,9 @@ def run_eval(model: Any, image: np.ndarray, *, diameter: float, flow_threshold: 
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 2:
         raise DataError(f"cellpose backend takes one 2-D image, not shape {image.shape}")
-    with _quiet_sparse(), torch.inference_mode(), autocast or contextlib.nullcontext():
+    # "no seeds found ... no masks found" is not news: the record says 0 instances.
+    with _quiet_sparse(), torch.inference_mode(), autocast or contextlib.nullcontext(), \
+            _cellpose_log_level(logging.ERROR):
         masks, flows, _styles = model.eval(
             image, channels=[0, 0], diameter=diameter,
             normalize={"normalize": True, "invert": False}, flow_threshold=flow_threshold,

@@ -49,7 +49,7 @@ def read_labels(path: Path) -> np.ndarray:
             raise DataError(f"{path}: mask holds NaN or infinite values")
         array = array.round()
     values = np.unique(array)
-    if values.size <= 2:
+    if values.size == 1 or (values.size == 2 and values[0] == 0):
         return label(array != 0, connectivity=1).astype(np.int32)
     if values.min() < 0:
         raise DataError(f"{path}: label image has negative labels")

@@ -37,7 +37,8 @@ def _save_torch(target: Path, obj: Any) -> None:
 def run_epochs(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: dict[str, Any],
                epochs: int, out: Path, rng: np.random.Generator,
                train_epoch: Callable[[], float], validate: Callable[[], dict[str, float]] | None,
-               emit: Callable[[dict[str, Any]], None], restart: bool = False) -> None:
+               emit: Callable[[dict[str, Any]], None], restart: bool = False,
+               before_epoch: Callable[[int], None] | None = None) -> None:
     """Train until ``epochs`` are done, resuming from ``OUT.state`` when it matches ``config``."""
     state_file = state_path(out)
     log: list[dict[str, Any]] = []
@@ -61,6 +62,8 @@ def run_epochs(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, conf
             emit(record)
     for epoch in range(start, epochs + 1):
         started = time.perf_counter()
+        if before_epoch is not None:
+            before_epoch(epoch)
         model.train()
         loss = train_epoch()
         metrics = {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,31 +11,13 @@ import torch.nn.functional as F
 
 from monolayer.backends.unet import UNet
 from monolayer.devices import resolve_device
-from monolayer.metrics import compare
+from monolayer.training.common import TrainOptions, dice_loss, validation_metrics
 from monolayer.training.data import Pair, augment, fingerprint, random_crop
 from monolayer.training.loop import run_epochs
 
-
-@dataclass(frozen=True)
-class UNetTrainOptions:
-    epochs: int
-    seed: int = 100
-    device: str = "auto"
-    batch_size: int = 4
-    lr: float = 1e-3
-    augment: bool = True
-    patch: int = 256
-    crops_per_image: int = 4
-    base_channels: int = 64
-    bilinear: bool = True
-    resize: int | None = None
-
-
-def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    p = torch.sigmoid(logits)
-    inter = (p * target).sum(dim=(1, 2, 3))
-    total = p.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3))
-    return (1 - (2 * inter + 1) / (total + 1)).mean()
+DEFAULT_LR = 1e-3
+DEFAULT_BATCH = 4
+DEFAULT_PATCH = 256
 
 
 def _predict(model: UNet, image: np.ndarray, device: torch.device) -> np.ndarray:
@@ -47,15 +28,20 @@ def _predict(model: UNet, image: np.ndarray, device: torch.device) -> np.ndarray
     return torch.sigmoid(logits[0, 0, :h, :w]).cpu().numpy()
 
 
-def train_unet(train: list[Pair], val: list[Pair] | None, options: UNetTrainOptions, out: Path,
+def train_unet(train: list[Pair], val: list[Pair] | None, options: TrainOptions, out: Path,
                emit: Callable[[dict[str, Any]], None], restart: bool = False) -> None:
     """Train (or resume training) and write ``out`` after every epoch."""
     torch.manual_seed(options.seed)
     rng = np.random.default_rng(options.seed)
     device = resolve_device(options.device)
-    model = UNet(base_channels=options.base_channels, bilinear=options.bilinear).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
-    config = {"model": "unet", **{k: v for k, v in asdict(options).items() if k not in ("epochs", "device")},
+    lr = options.lr or DEFAULT_LR
+    batch_size = options.batch_size or DEFAULT_BATCH
+    patch = options.patch or DEFAULT_PATCH
+    model = UNet(base_channels=options.base_channels, bilinear=True).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    config = {"model": "unet", "seed": options.seed, "batch_size": batch_size, "lr": lr,
+              "augment": options.augment, "patch": patch, "crops_per_image": options.crops_per_image,
+              "base_channels": options.base_channels, "bilinear": True, "resize": options.resize,
               "train": fingerprint(train), "val": fingerprint(val) if val else None}
 
     def train_epoch() -> float:
@@ -63,13 +49,13 @@ def train_unet(train: list[Pair], val: list[Pair] | None, options: UNetTrainOpti
         for index in rng.permutation(len(train)):
             pair = train[int(index)]
             for _ in range(options.crops_per_image):
-                image, mask = random_crop(pair.image, pair.mask, options.patch, rng)
+                image, mask = random_crop(pair.image, pair.mask, patch, rng)
                 if options.augment:
                     image, mask = augment(image, mask, rng)
                 crops.append((image, mask))
         losses = []
-        for start in range(0, len(crops), options.batch_size):
-            chunk = crops[start:start + options.batch_size]
+        for start in range(0, len(crops), batch_size):
+            chunk = crops[start:start + batch_size]
             x = torch.from_numpy(np.stack([c[0] for c in chunk]))[:, None].to(device)
             y = torch.from_numpy(np.stack([c[1] for c in chunk]).astype(np.float32))[:, None].to(device)
             logits = model(x)
@@ -81,9 +67,7 @@ def train_unet(train: list[Pair], val: list[Pair] | None, options: UNetTrainOpti
         return float(np.mean(losses))
 
     def validate() -> dict[str, float]:
-        results = [compare(_predict(model, p.image, device) >= 0.5, p.mask) for p in val or []]
-        return {"val_iou": float(np.mean([r["iou"] for r in results])),
-                "val_abs_confluence_error": float(np.mean([r["abs_confluence_error"] for r in results]))}
+        return validation_metrics(val or [], lambda p: _predict(model, p.image, device) >= 0.5)
 
     run_epochs(model=model, optimizer=optimizer, config=config, epochs=options.epochs, out=out, rng=rng,
                train_epoch=train_epoch, validate=validate if val else None, emit=emit, restart=restart)

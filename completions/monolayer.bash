@@ -44,8 +44,12 @@ _monolayer() {
                 --seed) COMPREPLY=(); return ;;
                 --page) COMPREPLY=(); return ;;
                 --resize) COMPREPLY=(); return ;;
+                -j|--jobs) COMPREPLY=(); return ;;
+                --shard) COMPREPLY=(); return ;;
+                --executor) COMPREPLY=($(compgen -W "local dask" -- "$cur")); return ;;
+                --scheduler) COMPREPLY=(); return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-o --out -m --model --method -w --weights --mode --threshold --tile --points-per-side --diameter --truth --flow-threshold --cellprob-threshold --thresholds --score-threshold --device --precision --batch-size --seed --save-prob --page --resize -r --recursive -q --quiet -h --help" -- "$cur"))
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-o --out -m --model --method -w --weights --mode --threshold --tile --points-per-side --diameter --truth --flow-threshold --cellprob-threshold --thresholds --score-threshold --device --precision --batch-size --seed --save-prob --page --resize -r --recursive --skip-existing --wait --fail-fast -j --jobs --shard --executor --scheduler -q --quiet -h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         entropy-rank)
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-q --quiet -h --help" -- "$cur"))

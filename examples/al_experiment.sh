@@ -8,8 +8,9 @@
 #   -> move the next K images from the pool to the training set,
 # until the pool is empty. Finally per-round statistics across repeats and a plot.
 #
-# Usage: bash examples/al_experiment.sh TRUTH.jsonl OUT_DIR
-#   TRUTH.jsonl: coco2mask output for the labelled images, e.g.
+# Usage: bash examples/al_experiment.sh TRUTH OUT_DIR
+#   TRUTH: the labelled images: a folder with images/ and masks/ (e.g. examples/usiigaci),
+#   or coco2mask output, e.g.
 #     monolayer coco2mask examples/usiigaci/annotations.json --images examples/usiigaci/images \
 #         --out truth/ > truth.jsonl
 # Settings (environment variables, defaults in brackets): REPEATS [3], EPOCHS [3],

@@ -28,6 +28,7 @@ MODEL = "Model"
 OUTPUT = "Output"
 CHECKS = "Checks"
 HARDWARE = "Hardware"
+BATCH = "Batch and scale-out"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -127,12 +128,14 @@ def progress(total: int | None, description: str, quiet: bool):
                     disable=quiet or not console.is_terminal)
 
 
-def finish(tally: Tally, what: str, quiet: bool, seconds: float | None = None) -> None:
+def finish(tally: Tally, what: str, quiet: bool, seconds: float | None = None,
+           note: str | None = None) -> None:
     """One closing line on stderr, then exit with the batch's code."""
     if not quiet:
         took = f" in {seconds:.1f} s" if seconds is not None else ""
         failed = f", {len(tally.failed)} failed" if tally.failed else ""
-        print(f"{PROG}: {what}: {tally.ok} done{failed}{took}", file=sys.stderr, flush=True)
+        extra = f" ({note})" if note else ""
+        print(f"{PROG}: {what}: {tally.ok} done{extra}{failed}{took}", file=sys.stderr, flush=True)
     code = tally.exit_code()
     if code:
         raise typer.Exit(code)

@@ -12,9 +12,11 @@ import typer
 from monolayer.backends import BACKENDS, create_backend
 from monolayer.backends.classical import METHODS
 from monolayer.cli.common import (
-    HARDWARE, INPUT, MODEL, OUTPUT, Tally, cli_errors, finish, progress, say_warning, write_records,
+    BATCH, HARDWARE, INPUT, MODEL, OUTPUT, Tally, cli_errors, finish, progress, say_warning, write_records,
 )
-from monolayer.commands.segment import SegmentOptions, segment_items
+from monolayer.commands.segment import SegmentOptions, in_shard, parse_shard, plan_jobs
+from monolayer.executors import EXECUTORS, Executor, Recipe, run_segment
+from monolayer.io.journal import Journal, output_lock
 from monolayer.devices import DEVICES, PRECISIONS
 from monolayer.errors import NoInputError, UsageError
 from monolayer.io.inputs import expand_inputs
@@ -24,6 +26,7 @@ Method = enum.Enum("Method", {name: name for name in METHODS}, type=str)
 Mode = enum.Enum("Mode", {name: name for name in ("promptless", "auto")}, type=str)
 Device = enum.Enum("Device", {name: name for name in DEVICES}, type=str)
 Precision = enum.Enum("Precision", {name: name for name in PRECISIONS}, type=str)
+ExecutorName = enum.Enum("ExecutorName", {name: name for name in EXECUTORS}, type=str)
 
 # Which models take which option: anything else is a usage error, never silently ignored.
 OWNERS = {
@@ -145,6 +148,31 @@ def segment(
         "is still over the original image.", rich_help_panel=INPUT, show_default=False)] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Look for images in "
                                             "sub-folders of folder inputs.", rich_help_panel=INPUT)] = False,
+    skip_existing: Annotated[bool, typer.Option(
+        "--skip-existing", help="Reuse results already in OUT for the same image content, model, "
+        "weights and parameters (keyed on checksums, not names); their records are still printed, "
+        "marked \"reused\": true, so '> pred.jsonl' after an interrupted run is complete.",
+        rich_help_panel=BATCH)] = False,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="If another run is writing to OUT, wait for it instead of exiting 75.",
+        rich_help_panel=BATCH)] = False,
+    fail_fast: Annotated[bool, typer.Option(
+        "--fail-fast", help="Stop at the first image that fails (default: record the error, go on, "
+        "exit 1 at the end).", rich_help_panel=BATCH)] = False,
+    jobs: Annotated[int, typer.Option(
+        "--jobs", "-j", min=1, help="Local worker processes; each loads the model once. Image "
+        "decoding and mask writing run alongside model work.", rich_help_panel=BATCH)] = 1,
+    shard: Annotated[str | None, typer.Option(
+        "--shard", help="I/N: process only the I-th of N deterministic shards of the input list "
+        "(for SLURM array jobs: --shard $SLURM_ARRAY_TASK_ID/N with --array=1-N).",
+        rich_help_panel=BATCH, show_default=False)] = None,
+    executor: Annotated[ExecutorName, typer.Option(
+        "--executor", help="local (this machine, --jobs processes) or dask (a running Dask "
+        "cluster; OUT and the images must be on a file system the workers share).",
+        rich_help_panel=BATCH)] = ExecutorName.local,
+    scheduler: Annotated[str | None, typer.Option(
+        "--scheduler", help="--executor dask: the scheduler's address, e.g. tcp://head:8786.",
+        rich_help_panel=BATCH, show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on stderr.",
                                         rich_help_panel=OUTPUT)] = False,
 ) -> None:
@@ -156,7 +184,15 @@ def segment(
     once per run. An image that cannot be read gives an error record and a line
     on stderr; the others are still processed, and the exit code is 1 at the end.
 
+    Safe for cron: a lock lets one run at a time write to OUT (a second exits 75,
+    or queues with --wait); masks are written atomically and each finished result
+    is journaled in OUT/.monolayer, so after a crash or kill, rerunning with
+    --skip-existing computes only what is missing. Ctrl-C exits 130 with every
+    finished record intact.
+
     Example: monolayer segment images/ --model sam --weights sam_vit_b --out pred/ > pred.jsonl
+
+    Example (nightly): monolayer segment /data/today --out /data/masks --skip-existing > today.jsonl
     """
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
@@ -167,18 +203,51 @@ def segment(
              "device": device, "precision": precision, "batch_size": batch_size, "seed": seed}
     given = {k: v.value if isinstance(v, enum.Enum) else v for k, v in given.items()}
     options = backend_options(model.value, given)
+    shard_spec = parse_shard(shard) if shard is not None else None
+    if executor.value == "dask" and not scheduler:
+        raise UsageError("--executor dask needs --scheduler ADDRESS (e.g. tcp://head-node:8786)")
+    if executor.value == "local" and scheduler:
+        raise UsageError("--scheduler goes with --executor dask")
+    if executor.value == "dask" and jobs != 1:
+        raise UsageError("--jobs is for --executor local; Dask's workers set the parallelism")
     started = time.perf_counter()
-    items = list(expand_inputs(inputs, recursive=recursive, exclude=out))
-    if not items:
+    jobs_list = plan_jobs(expand_inputs(inputs, recursive=recursive, exclude=out))
+    if not jobs_list:
         raise NoInputError("no input images", "name image files or folders, or - for stdin")
+    if shard_spec is not None:
+        jobs_list = [job for job in jobs_list if in_shard(job, shard_spec)]
     backend = create_backend(model.value, **options)
     if save_prob and backend.score_kind is None:
         say_warning("--save-prob: this method produces no score map; only masks are written")
     out.mkdir(parents=True, exist_ok=True)
+    seg_options = SegmentOptions(out=out, save_prob=save_prob, page=page, resize=resize)
+    described = backend.describe()
     tally = Tally()
-    with progress(len(items), "segment", quiet) as bar:
-        task = bar.add_task("segment", total=len(items))
-        records = segment_items(items, backend, SegmentOptions(out=out, save_prob=save_prob, page=page, resize=resize))
-        for _ in write_records(records, tally):
-            bar.advance(task)
-    finish(tally, "segment", quiet, time.perf_counter() - started)
+    with output_lock(out, wait=wait, on_wait=None if quiet else lambda holder: say_warning(
+            f"another run ({holder}) is writing to {out}; waiting for it")):
+        journal = Journal(out, "segment")
+        pool = Executor(executor.value, jobs=jobs, scheduler=scheduler,
+                        recipe=Recipe(model.value, options), backend=backend)
+        failed = False
+        reused = 0
+        try:
+            with progress(len(jobs_list), "segment", quiet) as bar:
+                task = bar.add_task("segment", total=len(jobs_list))
+                records = run_segment(jobs_list, pool, seg_options, described, chunk_size=backend.batch_size,
+                                      journal=journal, skip_existing=skip_existing)
+                for record in write_records(records, tally):
+                    bar.advance(task)
+                    reused += bool(record.get("reused"))
+                    if fail_fast and "error" in record:
+                        failed = True
+                        break
+        except BaseException:
+            pool.close(cancel=True)
+            raise
+        finally:
+            journal.close()
+        pool.close(cancel=failed)
+    if failed and not quiet:
+        say_error("--fail-fast: stopped at the first failure; rerun with --skip-existing to go on")
+    finish(tally, "segment", quiet, time.perf_counter() - started,
+           note=f"{reused} reused" if skip_existing else None)

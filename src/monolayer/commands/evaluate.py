@@ -118,6 +118,8 @@ def _add_coco(index: TruthIndex, path: Path) -> None:
 
 def _add_folder(index: TruthIndex, folder: Path) -> None:
     masks = index_mask_folder(folder)
+    if not masks and (folder / "masks").is_dir():  # a labelled set: images/ and masks/
+        masks = index_mask_folder(folder / "masks")
     if not masks:
         raise NoInputError(f"{folder}: folder holds no masks")
     for stem, mask_path in masks.items():

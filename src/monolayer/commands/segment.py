@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import os
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -13,7 +15,7 @@ import numpy as np
 
 from monolayer.backends import Backend, Prediction
 from monolayer.commands._naming import OutputNamer, inside
-from monolayer.errors import EXIT_INTERNAL, InternalError, MonolayerError, NoInputError
+from monolayer.errors import EXIT_INTERNAL, EXIT_IO, InternalError, MonolayerError, NoInputError, UsageError
 from monolayer.io.images import load_image, normalize, resize_longest, to_grayscale
 from monolayer.io.inputs import InputItem
 from monolayer.io.masks import write_binary_mask, write_score_map
@@ -26,11 +28,67 @@ KIND = "segment"
 @dataclass(frozen=True)
 class SegmentOptions:
     out: Path
+    """The output folder as the user named it (records name masks under it)."""
     save_prob: bool = False
     page: int = 0
     resize: int | None = None
     """Scale images so the longest side is this many px before the model (as in training);
     masks and maps are scaled back, so confluence is still over the original image."""
+
+    def result_options(self) -> dict[str, Any]:
+        """The options that change a result (part of the ``--skip-existing`` key)."""
+        return {"page": self.page, "resize": self.resize, "save_prob": self.save_prob}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input image with everything a worker (here or on another machine) needs."""
+
+    index: int
+    image: str
+    """As the user named it: what the record says."""
+    path: str
+    """Absolute path, to read it from any working folder."""
+    stem: str
+    """Output file stem, fixed for the whole input list (shards and reruns agree)."""
+    error: str | None = None
+    exit_code: int = 0
+
+
+def plan_jobs(items: Iterable[InputItem]) -> list[Job]:
+    """Jobs for the whole input list, output stems decided over all of it.
+
+    Stems depend only on the input list, never on which subset a run processes,
+    so shards, executors and reruns write the same image to the same file.
+    """
+    namer = OutputNamer()
+    jobs = []
+    for index, item in enumerate(items):
+        if item.error is not None:
+            jobs.append(Job(index, item.image, item.image, "", item.error, item.exit_code))
+        else:
+            jobs.append(Job(index, item.image, os.path.abspath(item.image), namer.stem(item.image)))
+    return jobs
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``I/N`` (1 <= I <= N) -> (I, N)."""
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {text!r}: expected I/N, e.g. 2/4") from None
+    if not 1 <= i <= n:
+        raise UsageError(f"--shard {text!r}: I must be between 1 and N",
+                         "SLURM: --array=1-N with --shard $SLURM_ARRAY_TASK_ID/N")
+    return i, n
+
+
+def in_shard(job: Job, shard: tuple[int, int]) -> bool:
+    """Deterministic split by a hash of the image's absolute path: every image is in
+    exactly one of the N shards, whatever order or subset of the list a task sees."""
+    i, n = shard
+    digest = hashlib.sha256(job.path.encode("utf-8", "surrogateescape")).digest()
+    return int.from_bytes(digest[:8], "big") % n == i - 1
 
 
 def error_record(image: str, message: str, exit_code: int, model: dict[str, Any]) -> dict[str, Any]:
@@ -42,17 +100,17 @@ def error_record(image: str, message: str, exit_code: int, model: dict[str, Any]
 @dataclass
 class _Loaded:
     index: int
-    item: InputItem
+    job: Job
     sha256: str
     gray: np.ndarray
     seconds: float
 
 
-def _load(index: int, item: InputItem, page: int) -> _Loaded:
+def _load(index: int, job: Job, page: int) -> _Loaded:
     started = time.perf_counter()
-    loaded = load_image(item.image, page)
+    loaded = load_image(job.path, page)
     gray = to_grayscale(loaded.array)
-    return _Loaded(index, item, loaded.sha256, gray, time.perf_counter() - started)
+    return _Loaded(index, job, loaded.sha256, gray, time.perf_counter() - started)
 
 
 def _at_original_size(prediction: Prediction, shape: tuple[int, int]) -> Prediction:
@@ -99,28 +157,28 @@ def _predict_raw(backend: Backend, batch: list[_Loaded], resize: int | None) -> 
 
 
 def _write(x: _Loaded, prediction: Prediction, seconds: float, options: SegmentOptions,
-           namer: OutputNamer, model: dict[str, Any]) -> dict[str, Any]:
+           model: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     height, width = x.gray.shape
     if prediction.mask.shape != (height, width):
-        raise InternalError(f"{x.item.image}: model {model['model']} returned a "
+        raise InternalError(f"{x.job.image}: model {model['model']} returned a "
                             f"{prediction.mask.shape} mask for a {(height, width)} image")
-    stem = namer.stem(x.item.image)
-    mask_path = inside(options.out, f"{stem}.mask.tif")
-    write_binary_mask(mask_path, prediction.mask)
-    prob_path = None
+    root = Path(os.path.abspath(options.out))
+    mask_name = f"{x.job.stem}.mask.tif"
+    write_binary_mask(inside(root, mask_name), prediction.mask)
+    prob_name = None
     if options.save_prob and prediction.score is not None:
-        prob_path = inside(options.out, f"{stem}.prob.tif")
-        write_score_map(prob_path, prediction.score)
+        prob_name = f"{x.job.stem}.prob.tif"
+        write_score_map(inside(root, prob_name), prediction.score)
     return new_record(
         KIND,
-        image=x.item.image,
+        image=x.job.image,
         image_sha256=x.sha256,
         page=options.page,
         width=width,
         height=height,
-        mask=str(mask_path),
-        prob=str(prob_path) if prob_path else None,
+        mask=str(options.out / mask_name),
+        prob=str(options.out / prob_name) if prob_name else None,
         confluence=confluence(prediction.mask),
         **prediction.extras,
         **model,
@@ -131,48 +189,56 @@ def _write(x: _Loaded, prediction: Prediction, seconds: float, options: SegmentO
 def _failure(image: str, exc: Exception, model: dict[str, Any]) -> dict[str, Any]:
     if isinstance(exc, MonolayerError):
         return error_record(image, str(exc), exc.exit_code, model)
+    if isinstance(exc, OSError):
+        return error_record(image, f"{image}: {exc.strerror or exc}", EXIT_IO, model)
     return error_record(image, f"{image}: {type(exc).__name__}: {exc}", EXIT_INTERNAL, model)
+
+
+def process_chunk(chunk: list[Job], backend: Backend, options: SegmentOptions,
+                  model: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One record per job, in order: load, predict (as one batch), write; failures become
+    error records. Runs wherever the executor puts it (this process, a worker process,
+    a Dask worker)."""
+    model = model if model is not None else backend.describe()
+    results: list[dict[str, Any] | None] = [None] * len(chunk)
+    ready: list[_Loaded] = []
+    for i, job in enumerate(chunk):
+        if job.error is not None:
+            results[i] = error_record(job.image, job.error, job.exit_code, model)
+            continue
+        try:
+            ready.append(_load(i, job, options.page))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:
+            results[i] = _failure(job.image, exc, model)
+    if ready:
+        started = time.perf_counter()
+        predictions = _predict(backend, ready, options.resize)
+        share = (time.perf_counter() - started) / len(ready)
+        for x, prediction in zip(ready, predictions):
+            if isinstance(prediction, Exception):
+                results[x.index] = _failure(x.job.image, prediction, model)
+                continue
+            try:
+                results[x.index] = _write(x, prediction, x.seconds + share, options, model)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:
+                results[x.index] = _failure(x.job.image, exc, model)
+    return [record for record in results if record is not None]
 
 
 def segment_items(items: Iterable[InputItem], backend: Backend,
                   options: SegmentOptions) -> Iterator[dict[str, Any]]:
-    """Yield one record per input item, in input order; failures become error records.
-
-    Images are read and predicted in batches of ``backend.batch_size``.
-    """
+    """Yield one record per input item, in input order, in this process (no journal)."""
+    jobs = plan_jobs(items)
     model = backend.describe()
-    namer = OutputNamer()
-    for chunk in _batched(items, backend.batch_size):
-        results: list[dict[str, Any] | None] = [None] * len(chunk)
-        ready: list[_Loaded] = []
-        for i, item in enumerate(chunk):
-            if item.error is not None:
-                results[i] = error_record(item.image, item.error, item.exit_code, model)
-                continue
-            try:
-                ready.append(_load(i, item, options.page))
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except Exception as exc:
-                results[i] = _failure(item.image, exc, model)
-        if ready:
-            started = time.perf_counter()
-            predictions = _predict(backend, ready, options.resize)
-            share = (time.perf_counter() - started) / len(ready)
-            for x, prediction in zip(ready, predictions):
-                if isinstance(prediction, Exception):
-                    results[x.index] = _failure(x.item.image, prediction, model)
-                    continue
-                try:
-                    results[x.index] = _write(x, prediction, x.seconds + share, options, namer, model)
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except Exception as exc:
-                    results[x.index] = _failure(x.item.image, exc, model)
-        yield from (record for record in results if record is not None)
+    for chunk in batched(jobs, backend.batch_size):
+        yield from process_chunk(list(chunk), backend, options, model)
 
 
-def _batched(items: Iterable[InputItem], size: int) -> Iterator[tuple[InputItem, ...]]:
+def batched(items: Iterable[Any], size: int) -> Iterator[tuple[Any, ...]]:
     """Consecutive chunks of ``size`` items (itertools.batched needs Python 3.12)."""
     iterator = iter(items)
     while chunk := tuple(itertools.islice(iterator, size)):

@@ -15,6 +15,16 @@ from pathlib import Path
 from monolayer.errors import OutputError
 
 
+def _default_mode() -> int:
+    """0o666 less the umask: what an ordinary open() would give the file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_MODE = _default_mode()
+
+
 @contextlib.contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it onto ``target``."""
@@ -22,6 +32,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, _MODE)  # mkstemp makes 0600; outputs are shared like any other file
     try:
         yield tmp_path
         os.replace(tmp_path, target)

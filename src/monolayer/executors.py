@@ -1,0 +1,210 @@
+"""Where segment's work runs: this process, a pool of local processes, or a Dask cluster.
+
+Every executor runs the same function, :func:`run_chunk`, on the same chunks of
+jobs, and the results are put back in input order here, so the records are the
+same whichever executor made them. A worker builds its backend once (from a
+:class:`Recipe`) and keeps it for every chunk it gets. At most ``window`` chunks
+are in flight, so memory stays bounded however long the input list is.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from monolayer.backends import Backend, create_backend
+from monolayer.commands.segment import Job, SegmentOptions, process_chunk
+from monolayer.errors import UnavailableError, UsageError
+
+EXECUTORS = ("local", "dask")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to build a backend anywhere: its name and constructor options (picklable)."""
+
+    model: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def key(self) -> str:
+        return repr((self.model, sorted(self.options.items())))
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def worker_backend(recipe: Recipe) -> Backend:
+    """This process's backend for ``recipe``, built on first use and kept."""
+    key = recipe.key()
+    if key not in _BACKENDS:
+        _BACKENDS[key] = create_backend(recipe.model, **recipe.options)
+    return _BACKENDS[key]
+
+
+def run_chunk(recipe: Recipe, chunk: list[Job], options: SegmentOptions,
+              model: dict[str, Any]) -> list[dict[str, Any]]:
+    """The unit of remote work: segment ``chunk`` with this worker's backend."""
+    return process_chunk(chunk, worker_backend(recipe), options, model)
+
+
+def _init_local_worker(threads: int) -> None:
+    # Ctrl-C goes to the whole process group; the parent decides what stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Share the cores: N workers x all-cores BLAS/torch threads would thrash.
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = str(threads)
+
+
+class _Now:
+    """A 'future' for the in-process executor: computed when its result is asked for."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self._call = call
+
+    def result(self) -> Any:
+        return self._call()
+
+
+class Executor:
+    """Submit chunks, get results back in submission order, at most ``window`` in flight."""
+
+    def __init__(self, kind: str = "local", jobs: int = 1, scheduler: str | None = None,
+                 recipe: Recipe | None = None, backend: Backend | None = None) -> None:
+        if kind not in EXECUTORS:
+            raise UsageError(f"unknown executor {kind!r}", f"choose one of: {', '.join(EXECUTORS)}")
+        if kind == "dask" and not scheduler:
+            raise UsageError("--executor dask needs --scheduler ADDRESS (e.g. tcp://head-node:8786)")
+        if kind == "local" and scheduler:
+            raise UsageError("--scheduler goes with --executor dask")
+        self.kind, self.jobs, self.recipe, self.backend = kind, max(1, jobs), recipe, backend
+        self._pool: Any = None
+        self._client: Any = None
+        if kind == "dask":
+            self._client = _dask_client(scheduler or "")
+            self.window = 2 * max(1, sum(self._client.nthreads().values()))
+        elif self.jobs > 1:
+            import concurrent.futures
+            import multiprocessing
+
+            threads = max(1, (os.cpu_count() or 1) // self.jobs)
+            # spawn, not fork: a forked copy of a process that has started torch's or
+            # BLAS's threads can deadlock.
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=self.jobs, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_local_worker, initargs=(threads,))
+            self.window = 2 * self.jobs
+        else:
+            self.window = 1
+
+    def submit(self, chunk: list[Job], options: SegmentOptions, model: dict[str, Any]) -> Any:
+        if self._client is not None:
+            return self._client.submit(run_chunk, self.recipe, chunk, options, model, pure=False)
+        if self._pool is not None:
+            return self._pool.submit(run_chunk, self.recipe, chunk, options, model)
+        assert self.backend is not None
+        backend = self.backend
+        return _Now(lambda: process_chunk(chunk, backend, options, model))
+
+    def map_ordered(self, tasks: Iterable[tuple[Any, Callable[[], Any] | None]]) -> Iterator[tuple[Any, Any]]:
+        """For each ``(tag, submit_or_None)``: yield ``(tag, result)`` in order, keeping
+        at most ``window`` submissions in flight."""
+        pending: collections.deque[tuple[Any, Any]] = collections.deque()
+        in_flight = 0
+        for tag, submit in tasks:
+            future = submit() if submit is not None else None
+            pending.append((tag, future))
+            in_flight += future is not None
+            while pending and (in_flight > self.window or pending[0][1] is None):
+                tag0, future0 = pending.popleft()
+                in_flight -= future0 is not None
+                yield tag0, future0.result() if future0 is not None else None
+        while pending:
+            tag0, future0 = pending.popleft()
+            yield tag0, future0.result() if future0 is not None else None
+
+    def close(self, cancel: bool = False) -> None:
+        if self._pool is not None:
+            if cancel:
+                for process in list(getattr(self._pool, "_processes", {}).values()):
+                    process.terminate()
+            self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
+            self._pool = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def _dask_client(address: str) -> Any:
+    try:
+        from distributed import Client
+    except ImportError:
+        raise UnavailableError("--executor dask needs dask's distributed package, which is not installed",
+                               "pip install 'monolayer[dask]'") from None
+    try:
+        return Client(address, timeout=30, set_as_default=False)
+    except (OSError, TimeoutError) as exc:
+        raise UnavailableError(f"cannot reach the Dask scheduler at {address} ({exc})",
+                               "check the address and that the scheduler is running") from None
+
+
+def _key_model(model: dict[str, Any]) -> dict[str, Any]:
+    """The model fields a result depends on: the weights by checksum, not by path."""
+    return {k: v for k, v in model.items() if k != "weights"}
+
+
+def run_segment(jobs: Iterable[Job], executor: Executor, options: SegmentOptions, model: dict[str, Any],
+                chunk_size: int, journal: Any = None, skip_existing: bool = False) -> Iterator[dict[str, Any]]:
+    """One record per job, in order. With a journal, each new result is appended to it;
+    with ``skip_existing``, a job whose image content, model and options have a result
+    in the journal (and whose mask is still there) gets that record back, marked
+    ``"reused": true``, without running the model."""
+    from monolayer.commands.segment import batched
+    from monolayer.io.journal import result_key
+
+    result_options = options.result_options()
+    key_model = _key_model(model)
+    root = os.path.abspath(options.out)
+
+    def reusable(job: Job) -> dict[str, Any] | None:
+        from monolayer.io.images import sha256_file
+
+        try:
+            digest = sha256_file(job.path)
+        except OSError:
+            return None  # unreadable now: let the worker report it
+        record = journal.get(result_key(digest, key_model, result_options))
+        if record is None:
+            return None
+        for field_name in ("mask", "prob"):
+            name = record.get(field_name)
+            if name and not os.path.isfile(os.path.join(root, os.path.basename(name))):
+                return None  # an output was removed since: compute it again
+        return {**record, "image": job.image, "reused": True}
+
+    def tasks() -> Iterator[tuple[Any, Callable[[], Any] | None]]:
+        for chunk in batched(jobs, chunk_size):
+            reused: dict[int, dict[str, Any]] = {}
+            todo: list[Job] = []
+            for job in chunk:
+                record = reusable(job) if skip_existing and job.error is None else None
+                if record is not None:
+                    reused[job.index] = record
+                else:
+                    todo.append(job)
+            submit = (lambda todo=todo: executor.submit(todo, options, model)) if todo else None
+            yield (chunk, reused, todo), submit
+
+    for (chunk, reused, todo), results in executor.map_ordered(tasks()):
+        computed = dict(zip((job.index for job in todo), results or []))
+        for job in chunk:
+            if job.index in reused:
+                yield reused[job.index]
+                continue
+            record = computed[job.index]
+            if journal is not None and "error" not in record:
+                journal.append(result_key(record["image_sha256"], key_model, result_options), record)
+            yield record

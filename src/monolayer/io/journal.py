@@ -1,0 +1,172 @@
+"""What a batch run leaves in its output folder so that a rerun is safe and cheap.
+
+``OUT/.monolayer/``:
+
+``lock``
+    An exclusive ``flock`` held for the whole run. The kernel drops it when the
+    process ends, however it ends (``kill -9`` included), so a stale lock cannot
+    block the next night's run. A second run on the same folder exits 75
+    (temporary failure: try again later) or, with ``--wait``, waits for it.
+``segment.journal``
+    One line per finished image, appended with a single ``write(2)`` on an
+    ``O_APPEND`` descriptor after the image's mask is in place (masks are written
+    atomically): ``{"key": ..., "record": {...}}``. ``key`` is a SHA-256 over the
+    image's content, the model (name, parameters, weights' SHA-256) and the
+    options that change the output, so ``--skip-existing`` reuses a result only
+    for the same image content, model, weights and parameters, whatever the file
+    is called. A line cut short by a crash is not valid JSON and is ignored; the
+    image it belonged to is simply computed again.
+
+Leftover ``.*.part`` files of atomic writes that a crash interrupted are removed
+when the next run takes the lock.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from monolayer.errors import EXIT_TEMPFAIL, MonolayerError, OutputError
+from monolayer.records import dumps
+
+STATE_DIR = ".monolayer"
+
+
+class BusyError(MonolayerError):
+    """Another run holds the output folder's lock."""
+
+    exit_code = EXIT_TEMPFAIL
+
+
+def state_dir(out: Path) -> Path:
+    return out / STATE_DIR
+
+
+@contextmanager
+def output_lock(out: Path, wait: bool = False, on_wait: Any = None) -> Iterator[None]:
+    """Hold ``OUT/.monolayer/lock`` for the block; busy: :class:`BusyError` or wait."""
+    folder = state_dir(out)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise OutputError(f"cannot create the lock in {folder}: {exc.strerror or exc}",
+                          "check permissions and free space") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
+            if not wait:
+                raise BusyError(f"another monolayer run ({holder}) is writing to {out}",
+                                "wait for it to finish, or pass --wait to queue behind it") from None
+            if on_wait is not None:
+                on_wait(holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        _remove_partial_files(out)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _remove_partial_files(out: Path) -> None:
+    for path in out.glob(".*.part"):
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
+def result_key(image_sha256: str, model: dict[str, Any], options: dict[str, Any]) -> str:
+    """Identity of one result: image content + model + weights + output-changing options."""
+    text = json.dumps({"image": image_sha256, "model": model, "options": options}, sort_keys=True,
+                      default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Journal:
+    """The append-only list of finished results in an output folder.
+
+    Memory stays small whatever the journal's length: only ``key -> byte offset``
+    is kept, and a record is read back from disk when it is reused.
+    """
+
+    def __init__(self, out: Path, name: str) -> None:
+        self.path = state_dir(out) / f"{name}.journal"
+        self._offsets: dict[str, int] = {}
+        self._lines = 0
+        if self.path.exists():
+            self._scan()
+        self._fd: int | None = None
+        self._torn = False
+
+    def _scan(self) -> None:
+        offset = 0
+        with open(self.path, "rb") as handle:
+            for line in handle:
+                if line.endswith(b"\n"):
+                    try:
+                        entry = json.loads(line)
+                        key = entry["key"]
+                        if isinstance(key, str) and isinstance(entry.get("record"), dict):
+                            self._offsets[key] = offset
+                            self._lines += 1
+                    except (ValueError, KeyError, TypeError):
+                        pass  # a torn or foreign line: that result is computed again
+                offset += len(line)
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        offset = self._offsets.get(key)
+        if offset is None:
+            return None
+        with open(self.path, "rb") as handle:
+            handle.seek(offset)
+            return json.loads(handle.readline())["record"]
+
+    def append(self, key: str, record: dict[str, Any]) -> None:
+        """Append one entry with a single write; an interrupted write leaves a torn last
+        line, which readers ignore. A full disk is an :class:`OutputError` (exit 74)."""
+        if self._fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._torn = os.fstat(self._fd).st_size > 0 and not self._ends_with_newline()
+        data = (dumps({"key": key, "record": record}) + "\n").encode()
+        if self._torn:  # a crash or a failed write cut the last line: start on a fresh one
+            data = b"\n" + data
+        offset = os.fstat(self._fd).st_size + (1 if self._torn else 0)
+        self._torn = True  # until the whole line is known to be written
+        try:
+            written = os.write(self._fd, data)
+        except OSError as exc:
+            raise OutputError(f"cannot append to {self.path}: {exc.strerror or exc}",
+                              "check free disk space") from None
+        if written != len(data):
+            raise OutputError(f"short write to {self.path} ({written} of {len(data)} bytes)",
+                              "check free disk space")
+        self._torn = False
+        self._offsets[key] = offset
+        self._lines += 1
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) == b"\n"
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

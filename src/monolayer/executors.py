@@ -21,6 +21,8 @@ from monolayer.commands.segment import Job, SegmentOptions, process_chunk
 from monolayer.errors import UnavailableError, UsageError
 
 EXECUTORS = ("local", "dask")
+CONNECT_TIMEOUT_S = 10
+"""How long to try reaching a Dask scheduler before giving up (exit 69)."""
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,7 @@ def _dask_client(address: str) -> Any:
         raise UnavailableError("--executor dask needs dask's distributed package, which is not installed",
                                "pip install 'monolayer[dask]'") from None
     try:
-        return Client(address, timeout=30, set_as_default=False)
+        return Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
     except (OSError, TimeoutError) as exc:
         raise UnavailableError(f"cannot reach the Dask scheduler at {address} ({exc})",
                                "check the address and that the scheduler is running") from None

@@ -12,7 +12,8 @@ import typer
 from monolayer.backends import BACKENDS, create_backend
 from monolayer.backends.classical import METHODS
 from monolayer.cli.common import (
-    BATCH, HARDWARE, INPUT, MODEL, OUTPUT, Tally, cli_errors, finish, progress, say_warning, write_records,
+    BATCH, HARDWARE, INPUT, MODEL, OUTPUT, Tally, cli_errors, finish, progress, say_error, say_warning,
+    write_records,
 )
 from monolayer.commands.segment import SegmentOptions, in_shard, parse_shard, plan_jobs
 from monolayer.executors import EXECUTORS, Executor, Recipe, run_segment

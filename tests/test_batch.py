@@ -1,0 +1,270 @@
+"""Nightly-cron grade segment: resume after kill -9, the output lock, shards, executors, failures."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from conftest import blob_image
+from monolayer.io.journal import Journal
+
+
+def make_folder(folder: Path, n: int, shape=(384, 384)) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    for i in range(n):
+        centers = [tuple(int(v) for v in rng.integers(30, shape[0] - 30, 2)) for _ in range(1 + i % 5)]
+        tifffile.imwrite(folder / f"img{i:03d}.tif", blob_image(shape=shape, centers=centers, seed=i))
+    return folder
+
+
+def comparable(record: dict) -> dict:
+    """A record without what legitimately differs between runs: timing, the reuse mark,
+    and the output folder part of the mask path."""
+    out = {k: v for k, v in record.items() if k not in ("seconds", "reused")}
+    for key in ("mask", "prob"):
+        if out.get(key):
+            out[key] = Path(out[key]).name
+    return out
+
+
+def segment_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "monolayer", "segment", *args]
+
+
+def read_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    # Big enough that a run takes a few seconds: there is time to kill it or to start
+    # a second one while it works.
+    return make_folder(tmp_path_factory.mktemp("batch") / "images", 40, shape=(640, 640))
+
+
+@pytest.fixture(scope="module")
+def reference(images, tmp_path_factory) -> dict[str, dict]:
+    out = tmp_path_factory.mktemp("ref")
+    run = subprocess.run(segment_cmd(str(images), "--out", str(out / "masks"), "-q"), capture_output=True,
+                         text=True, check=True)
+    records = [json.loads(line) for line in run.stdout.splitlines()]
+    assert len(records) == 40
+    return {r["image"]: r for r in records}
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_then_rerun_gives_each_image_once(images, reference, tmp_path):
+    out = tmp_path / "masks"
+    pred = tmp_path / "pred.jsonl"
+    rng = random.Random(20261125)
+    journal = out / ".monolayer" / "segment.journal"
+    # Kill points: once at a random instant of start-up, then after random numbers of
+    # finished images (the journal has a line per finished image), anywhere in the run.
+    points = [None, *sorted(rng.sample(range(1, 39), 4))]
+    killed = 0
+    for done in points:
+        with open(pred, "w") as handle:
+            proc = subprocess.Popen(segment_cmd(str(images), "--out", str(out), "--skip-existing", "-q"),
+                                    stdout=handle, stderr=subprocess.DEVNULL)
+            if done is None:
+                time.sleep(rng.uniform(0.0, 0.5))
+            else:
+                while proc.poll() is None and (
+                        not journal.exists() or journal.read_bytes().count(b"\n") < done):
+                    time.sleep(0.005)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                killed += 1
+            proc.wait()
+        partial = [json.loads(line) for line in pred.read_text().splitlines() if line.endswith("}")]
+        assert len({r["image"] for r in partial}) == len(partial)  # never a duplicate, even when killed
+    assert killed >= 3, "the runs finished before they could be killed; the test proves nothing"
+    with open(pred, "w") as handle:  # the same command and redirect, once more
+        subprocess.run(segment_cmd(str(images), "--out", str(out), "--skip-existing", "-q"), stdout=handle,
+                       check=True)
+    records = read_records(pred)
+    assert sorted(r["image"] for r in records) == sorted(reference)
+    assert any(r.get("reused") for r in records)
+    for record in records:
+        assert comparable(record) == comparable(reference[record["image"]])
+        mask = tifffile.imread(record["mask"])
+        assert np.array_equal(mask, tifffile.imread(reference[record["image"]]["mask"]))
+    assert not list(out.glob(".*.part")), "a half-written file was left behind"
+
+
+def test_journal_ignores_a_torn_last_line_and_appends_on_a_fresh_one(tmp_path):
+    journal = Journal(tmp_path, "segment")
+    journal.append("a" * 64, {"image": "x.tif", "confluence": 0.5})
+    journal.close()
+    with open(journal.path, "ab") as handle:
+        handle.write(b'{"key": "' + b"b" * 64 + b'", "record": {"ima')  # a crash mid-write
+    again = Journal(tmp_path, "segment")
+    assert len(again) == 1 and again.get("a" * 64) == {"image": "x.tif", "confluence": 0.5}
+    assert again.get("b" * 64) is None
+    again.append("c" * 64, {"image": "y.tif"})
+    again.close()
+    third = Journal(tmp_path, "segment")
+    assert third.get("c" * 64) == {"image": "y.tif"} and len(third) == 2
+
+
+def test_skip_existing_is_keyed_on_content_model_and_parameters(cli, tmp_path):
+    folder = make_folder(tmp_path / "in", 3, shape=(96, 128))
+    out = tmp_path / "out"
+    first = cli("segment", folder, "--out", out, "--skip-existing")
+    assert first.code == 0 and not any(r.get("reused") for r in first.records)
+    again = cli("segment", folder, "--out", out, "--skip-existing")
+    assert [r.get("reused") for r in again.records] == [True] * 3
+    assert "3 reused" in again.stderr
+    # Same name, new content: computed again. Other parameters: computed again.
+    tifffile.imwrite(folder / "img001.tif", blob_image(shape=(96, 128), centers=((20, 20),), seed=99))
+    changed = cli("segment", folder, "--out", out, "--skip-existing")
+    assert [bool(r.get("reused")) for r in changed.records] == [True, False, True]
+    canny = cli("segment", folder, "--out", out, "--skip-existing", "--method", "canny")
+    assert not any(r.get("reused") for r in canny.records)
+    # A removed mask is recomputed rather than pointed at.
+    (out / "img000.mask.tif").unlink()
+    redo = cli("segment", folder, "--out", out, "--skip-existing")
+    assert [bool(r.get("reused")) for r in redo.records] == [False, True, True]
+    assert (out / "img000.mask.tif").exists()
+    # The same content under another name is the same result.
+    (folder / "img002.tif").rename(folder / "renamed.tif")
+    renamed = cli("segment", folder, "--out", out, "--skip-existing")
+    assert [(Path(r["image"]).name, bool(r.get("reused"))) for r in renamed.records][-1] == ("renamed.tif", True)
+
+
+def test_second_run_on_the_same_output_exits_75_or_waits(images, tmp_path):
+    out = tmp_path / "masks"
+    first = subprocess.Popen(segment_cmd(str(images), "--out", str(out), "-q"), stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+    lock = out / ".monolayer" / "lock"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (lock.exists() and lock.read_text().startswith("pid")):
+        time.sleep(0.05)
+    second = subprocess.run(segment_cmd(str(images), "--out", str(out)), capture_output=True, text=True)
+    assert first.poll() is None, "the first run ended before the second started"
+    assert second.returncode == 75
+    assert second.stdout == ""
+    assert "another monolayer run" in second.stderr and "--wait" in second.stderr
+    assert len(second.stderr.strip().splitlines()) == 1
+    waiting = subprocess.run(segment_cmd(str(images), "--out", str(out), "--wait", "--skip-existing"),
+                             capture_output=True, text=True)
+    stdout, _ = first.communicate(timeout=120)
+    assert first.returncode == 0 and waiting.returncode == 0
+    assert "waiting" in waiting.stderr
+    first_records = [json.loads(line) for line in stdout.splitlines()]
+    waited = [json.loads(line) for line in waiting.stdout.splitlines()]
+    assert len(first_records) == len(waited) == 40
+    assert all(r.get("reused") for r in waited)  # it queued behind the first and reused its work
+    assert [comparable(r) for r in waited] == [comparable(r) for r in first_records]
+
+
+def test_shards_cover_every_image_exactly_once(cli, images, reference, tmp_path):
+    seen = []
+    for i in (1, 2, 3):
+        run = cli("segment", images, "--out", tmp_path / "masks", "--shard", f"{i}/3", "-q")
+        assert run.code == 0, run.stderr
+        assert 0 < len(run.records) < 40
+        seen.extend(run.records)
+    assert sorted(r["image"] for r in seen) == sorted(reference)
+    for record in seen:
+        assert comparable(record) == comparable(reference[record["image"]])
+    # The split is the same whatever order the list comes in, and bad specs are usage errors.
+    reordered = cli("segment", *sorted((str(p) for p in images.iterdir()), reverse=True),
+                    "--out", tmp_path / "again", "--shard", "2/3", "-q")
+    assert sorted(r["image"] for r in reordered.records) == sorted(
+        r["image"] for r in cli("segment", images, "--out", tmp_path / "x", "--shard", "2/3", "-q").records)
+    for bad in ("0/3", "4/3", "a/b", "3"):
+        assert cli("segment", images, "--out", tmp_path / "y", "--shard", bad).code == 2
+
+
+def test_two_local_worker_processes_give_the_same_records(cli, images, reference, tmp_path):
+    run = cli("segment", images, "--out", tmp_path / "masks", "--jobs", "2", "-q")
+    assert run.code == 0, run.stderr
+    assert [r["image"] for r in run.records] == list(reference)  # input order kept
+    assert [comparable(r) for r in run.records] == [comparable(r) for r in reference.values()]
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_dask_local_cluster_gives_the_same_records(cli, images, reference, tmp_path):
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=50) as cluster:
+        run = cli("segment", images, "--out", tmp_path / "masks", "--executor", "dask",
+                  "--scheduler", cluster.scheduler_address, "-q")
+    assert run.code == 0, run.stderr
+    assert [comparable(r) for r in run.records] == [comparable(r) for r in reference.values()]
+    assert cli("segment", images, "--out", tmp_path / "m", "--executor", "dask").code == 2
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_unreachable_dask_scheduler_is_a_clear_error(cli, images, tmp_path, monkeypatch):
+    import monolayer.executors
+
+    monkeypatch.setattr(monolayer.executors, "CONNECT_TIMEOUT_S", 1)
+    unreachable = cli("segment", images, "--out", tmp_path / "m", "--executor", "dask",
+                      "--scheduler", "tcp://127.0.0.1:9")
+    assert unreachable.code == 69 and "scheduler" in unreachable.stderr
+    assert unreachable.stdout == ""
+
+
+def test_fail_fast_stops_at_the_first_failure(cli, tmp_path):
+    folder = make_folder(tmp_path / "in", 3, shape=(96, 128))
+    (folder / "img000.tif").write_bytes(b"")  # sorts first
+    run = cli("segment", folder, "--out", tmp_path / "out", "--fail-fast")
+    assert run.code == 65
+    assert len(run.records) == 1 and "error" in run.records[0]
+    assert "--fail-fast" in run.stderr
+    go_on = cli("segment", folder, "--out", tmp_path / "out")
+    assert go_on.code == 1 and [("error" in r) for r in go_on.records] == [True, False, False]
+
+
+def test_a_full_disk_is_an_error_record_and_the_rest_goes_on(cli, tmp_path, monkeypatch):
+    import monolayer.commands.segment as seg
+
+    folder = make_folder(tmp_path / "in", 3, shape=(96, 128))
+    real = seg.write_binary_mask
+
+    def full(target, mask):
+        if "img001" in str(target):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(target, mask)
+
+    monkeypatch.setattr(seg, "write_binary_mask", full)
+    run = cli("segment", folder, "--out", tmp_path / "out", "--skip-existing")
+    assert run.code == 1
+    assert run.records[1]["exit_code"] == 74 and "No space left" in run.records[1]["error"]
+    assert "error" not in run.records[0] and "error" not in run.records[2]
+    monkeypatch.setattr(seg, "write_binary_mask", real)
+    retry = cli("segment", folder, "--out", tmp_path / "out", "--skip-existing")
+    assert retry.code == 0 and [bool(r.get("reused")) for r in retry.records] == [True, False, True]
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_130_and_keeps_every_finished_record(images, tmp_path):
+    out = tmp_path / "masks"
+    proc = subprocess.Popen(segment_cmd(str(images), "--out", str(out)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    journal = out / ".monolayer" / "segment.journal"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (journal.exists() and journal.stat().st_size > 0):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr
+    records = [json.loads(line) for line in stdout.splitlines()]  # every line whole
+    assert 0 < len(records) < 40
+    assert all(Path(r["mask"]).exists() for r in records)

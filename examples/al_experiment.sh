@@ -14,7 +14,8 @@
 #     monolayer coco2mask examples/usiigaci/annotations.json --images examples/usiigaci/images \
 #         --out truth/ > truth.jsonl
 # Settings (environment variables, defaults in brackets): REPEATS [3], EPOCHS [3],
-# K [2], INITIAL [2], TEST_SIZE [2], RESIZE [256], BASE_CHANNELS [8], PATCH [128].
+# K [2], INITIAL [2], TEST_SIZE [2], RESIZE [256], BASE_CHANNELS [8], PATCH [128], CROPS [4]
+# (random crops per image and epoch).
 # On the three shipped example images use: TEST_SIZE=1 INITIAL=1 K=1.
 set -euo pipefail
 
@@ -40,7 +41,8 @@ for strategy in entropy random; do
       mkdir -p "$dir"
       monolayer al-round show "$manifest" --set train 2>/dev/null > "$dir/train.jsonl"
       monolayer train --model unet --train "$dir/train.jsonl" --epochs "$epochs" --seed "$repeat" \
-          --base-channels "${BASE_CHANNELS:-8}" --patch "${PATCH:-128}" "${model[@]}" -q \
+          --base-channels "${BASE_CHANNELS:-8}" --patch "${PATCH:-128}" \
+          --crops-per-image "${CROPS:-4}" "${model[@]}" -q \
           --out "$dir/unet.pt" > "$dir/log.jsonl"
       monolayer al-round show "$manifest" --set test 2>/dev/null \
         | monolayer segment - -m unet -w "$dir/unet.pt" "${model[@]}" --out "$dir/test" -q \

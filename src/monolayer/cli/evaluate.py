@@ -104,8 +104,7 @@ def evaluate(
     index = load_truth(truth)
     tally = Tally()
     tagged = ({**r, **extra} for r in run_evaluate(predictions_from(predictions), index, allow_missing))
-    records = list(write_records(tagged, tally))
-    stats = summary(records)
+    stats = summary(write_records(tagged, tally))
     if summary_path is not None:
         write_text_atomic(summary_path, json.dumps(stats, indent=2) + "\n")
     if not quiet:

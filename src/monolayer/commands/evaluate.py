@@ -236,6 +236,13 @@ def evaluate(predictions: Iterable[Prediction], truth: TruthIndex,
 
 
 def summary(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """n, mean, std, median, IQR... of each metric over the records without errors."""
-    good = [r for r in records if "error" not in r]
-    return {name: summarize([r[name] for r in good]) for name in SUMMARY_FIELDS}
+    """n, mean, std, median, IQR... of each metric over the records without errors.
+
+    Consumes ``records`` as a stream, keeping only the metric values (a few floats
+    per record), never the records themselves."""
+    values: dict[str, list[float]] = {name: [] for name in SUMMARY_FIELDS}
+    for record in records:
+        if "error" not in record:
+            for name in SUMMARY_FIELDS:
+                values[name].append(record[name])
+    return {name: summarize(column) for name, column in values.items()}

@@ -111,3 +111,26 @@ def test_decompression_bomb_refused_before_decoding(tmp_path: Path):
     (tmp_path / "bomb.png").write_bytes(data)
     with pytest.raises(DataError, match="larger than"):
         read_image(tmp_path / "bomb.png")
+
+
+@pytest.mark.parametrize("dtype,compression", [
+    (np.uint8, None), (np.uint16, "zlib"), (np.float32, None), (np.int32, "lzw"), (np.uint8, "packbits"),
+])
+def test_fast_tiff_path_reads_what_tifffile_reads(tmp_path: Path, dtype, compression):
+    import tifffile
+
+    from monolayer.io import images
+
+    rng = np.random.default_rng(3)
+    array = (rng.random((37, 53)) * 200).astype(dtype)
+    tifffile.imwrite(tmp_path / "a.tif", array, compression=compression)
+    data = (tmp_path / "a.tif").read_bytes()
+    fast = images._read_tiff_fast(data, tmp_path / "a.tif")
+    assert fast is not None and fast.dtype == array.dtype
+    assert np.array_equal(fast, array) and np.array_equal(read_image(tmp_path / "a.tif"), array)
+    # Multi-page, RGB and BigTIFF files take tifffile's path and still read right.
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((4, 5, 3), np.uint8), photometric="rgb")
+    tifffile.imwrite(tmp_path / "big.tif", array, bigtiff=True)
+    for name in ("rgb.tif", "big.tif"):
+        assert images._read_tiff_fast((tmp_path / name).read_bytes(), tmp_path / name) is None
+    assert read_image(tmp_path / "big.tif").shape == (37, 53)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +49,61 @@ def _check_size(path: Path, shape: tuple[int, ...]) -> None:
                         f"{MAX_PIXELS} px limit", "is the header corrupt?")
 
 
+def _first_ifd(data: bytes) -> dict[int, int] | None:
+    """Width, height, samples per pixel... of a classic TIFF's first image, read from its
+    first IFD without decoding anything (None for BigTIFF or an unexpected layout)."""
+    order = {b"II*\x00": "<", b"MM\x00*": ">"}.get(data[:4])
+    if order is None or len(data) < 8:
+        return None
+    offset = struct.unpack(order + "I", data[4:8])[0]
+    if offset + 2 > len(data):
+        return None
+    count = struct.unpack(order + "H", data[offset:offset + 2])[0]
+    end = offset + 2 + 12 * count
+    if end > len(data):
+        return None
+    tags = {}
+    for start in range(offset + 2, end, 12):
+        tag, kind, n = struct.unpack(order + "HHI", data[start:start + 8])
+        if n != 1:
+            continue
+        if kind == 3:  # SHORT
+            tags[tag] = struct.unpack(order + "H", data[start + 8:start + 10])[0]
+        elif kind == 4:  # LONG
+            tags[tag] = struct.unpack(order + "I", data[start + 8:start + 12])[0]
+    return tags
+
+
+def _read_tiff_fast(data: bytes, name: Path) -> np.ndarray | None:
+    """The first page of a plain one-channel TIFF, decoded by libtiff (imagecodecs).
+
+    Several times faster than tifffile's reader for small files (masks), which
+    matters when ``evaluate`` reads two masks per record over 100,000 records. The
+    size check runs on the header first, so a decompression bomb is refused before
+    anything is decoded. Anything unusual returns None and takes tifffile's path.
+    """
+    tags = _first_ifd(data)
+    if not tags or 256 not in tags or 257 not in tags or tags.get(277, 1) != 1:
+        return None
+    _check_size(name, (tags[257], tags[256]))
+    try:
+        import imagecodecs
+
+        array = imagecodecs.tiff_decode(data)
+    except Exception:
+        return None
+    if array.shape != (tags[257], tags[256]):
+        return None
+    return array
+
+
 def _read_tiff(source: io.BytesIO, name: Path, page: int) -> np.ndarray:
     import tifffile
+
+    if page == 0:
+        fast = _read_tiff_fast(source.getvalue(), name)
+        if fast is not None:
+            return fast
 
     with tifffile.TiffFile(source) as tif:
         pages = tif.pages

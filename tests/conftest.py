@@ -25,6 +25,20 @@ def private_cache(tmp_path_factory, monkeypatch) -> Path:
     return cache
 
 
+@pytest.fixture(scope="session")
+def tiny_sam(tmp_path_factory) -> Path:
+    """A 5 M-parameter Segment Anything (embed dim 64, depth 2) saved as a user's checkpoint is."""
+    import torch
+    from segment_anything.build_sam import _build_sam
+
+    torch.manual_seed(0)
+    model = _build_sam(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2,
+                       encoder_global_attn_indexes=[1])
+    path = tmp_path_factory.mktemp("w") / "tiny_sam.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
 @pytest.fixture
 def examples() -> Path:
     return EXAMPLES

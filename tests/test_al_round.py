@@ -80,3 +80,22 @@ def test_show_prints_a_set(cli, truth, tmp_path):
     run = cli("al-round", "show", tmp_path / "m.json", "--set", "test")
     assert [r["image"] for r in run.records] == ["img02.tif", "img09.tif"]
     assert "round 0: 2 train, 2 test, 6 pool" in run.stderr
+
+
+def test_init_from_a_labelled_folder_and_evaluate_against_it(cli, examples, tmp_path):
+    run = cli("al-round", "init", "--images", examples, "--test-size", "1", "--initial", "1", "--seed", "1",
+              "--out", tmp_path / "m.json")
+    assert run.code == 0, run.stderr
+    m = manifest(tmp_path / "m.json")
+    assert m["counts"] == {"train": 1, "test": 1, "pool": 1}
+    everything = m["train"] + m["test"] + m["pool"]
+    assert sorted(r["image"].rsplit("/", 1)[1] for r in everything) == ["set20.tif", "set26.tif", "set30.tif"]
+    assert all(0 < r["confluence"] < 1 and r["mask"].endswith(".tif") for r in everything)
+    # The test image is the one nearest 50 % confluence, measured on its mask.
+    assert m["test"][0]["confluence"] == min((r["confluence"] for r in everything), key=lambda c: abs(c - 0.5))
+    # evaluate --truth takes the same folder (its masks/).
+    seg = cli("segment", examples / "images", "--out", tmp_path / "p", "-q")
+    (tmp_path / "pred.jsonl").write_text(seg.stdout)
+    ev = cli("evaluate", tmp_path / "pred.jsonl", "--truth", examples, "-q")
+    assert ev.code == 0, ev.stderr
+    assert len(ev.records) == 3 and all(r["matched_by"] == "stem" for r in ev.records)

@@ -14,18 +14,6 @@ import segment_anything  # noqa: F401  (needed by the backend under test)
 from monolayer.backends.sam import infer_architecture  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def tiny_sam(tmp_path_factory) -> Path:
-    from segment_anything.build_sam import _build_sam
-
-    torch.manual_seed(0)
-    model = _build_sam(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2,
-                       encoder_global_attn_indexes=[1])
-    path = tmp_path_factory.mktemp("w") / "tiny_sam.pth"
-    torch.save(model.state_dict(), path)
-    return path
-
-
 def without_timing(stdout: str) -> str:
     """The raw JSON Lines bytes with only the timing field cut out."""
     assert stdout.count('"seconds":') == len(stdout.splitlines())

@@ -13,18 +13,6 @@ from monolayer.io.truth import truth_records
 from monolayer.training.data import load_pairs, read_labels
 
 
-@pytest.fixture(scope="module")
-def tiny_sam(tmp_path_factory) -> Path:
-    from segment_anything.build_sam import _build_sam
-
-    torch.manual_seed(0)
-    model = _build_sam(encoder_embed_dim=64, encoder_depth=2, encoder_num_heads=2,
-                       encoder_global_attn_indexes=[1])
-    path = tmp_path_factory.mktemp("w") / "tiny_sam.pth"
-    torch.save(model.state_dict(), path)
-    return path
-
-
 def _state(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 

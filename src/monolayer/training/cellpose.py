@@ -35,7 +35,7 @@ import torch
 from monolayer.backends.cellpose import load_weights, new_model, run_eval, sync_diameters
 from monolayer.devices import resolve_device
 from monolayer.errors import DataError
-from monolayer.training.common import TrainOptions, validation_metrics
+from monolayer.training.common import TrainOptions, step, validation_metrics
 from monolayer.training.data import Pair, fingerprint
 from monolayer.training.loop import run_epochs
 from monolayer.weights import resolve
@@ -108,10 +108,7 @@ def train_cellpose(train: list[Pair], val: list[Pair] | None, options: TrainOpti
                 do_flip=options.augment, rotate=options.augment)[:2]
             y = net(torch.from_numpy(imgi).to(device))[0]
             loss = cp_train._loss_fn_seg(lbl, y, device)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
+            losses.append(step(optimizer, loss))
         return float(np.mean(losses))
 
     def validate() -> dict[str, float]:

@@ -32,6 +32,14 @@ class TrainOptions:
     cellpose and maskrcnn (random initialisation without), not used by unet."""
 
 
+def step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """One optimiser step on ``loss``; returns the loss as a float for the log."""
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
 def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Soft Dice loss per sample, averaged; ``logits`` and ``target`` of shape (N, ...)."""
     p = torch.sigmoid(logits).flatten(1)

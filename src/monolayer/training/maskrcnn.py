@@ -22,7 +22,7 @@ import torch
 
 from monolayer.backends.maskrcnn import build_model, detect, load_model
 from monolayer.devices import resolve_device
-from monolayer.training.common import TrainOptions, validation_metrics
+from monolayer.training.common import TrainOptions, step, validation_metrics
 from monolayer.training.data import Pair, augment, fingerprint
 from monolayer.training.loop import run_epochs
 from monolayer.weights import load_state_dict, resolve
@@ -81,10 +81,7 @@ def train_maskrcnn(train: list[Pair], val: list[Pair] | None, options: TrainOpti
                 targets.append(targets_from_labels(labels, device))
             parts = model(images, targets)
             loss = sum(parts.values())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
+            losses.append(step(optimizer, loss))
         return float(np.mean(losses))
 
     def validate() -> dict[str, float]:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from monolayer.backends.unet import UNet
 from monolayer.devices import resolve_device
-from monolayer.training.common import TrainOptions, dice_loss, validation_metrics
+from monolayer.training.common import TrainOptions, dice_loss, step, validation_metrics
 from monolayer.training.data import Pair, augment, fingerprint, random_crop
 from monolayer.training.loop import run_epochs
 
@@ -60,10 +60,7 @@ def train_unet(train: list[Pair], val: list[Pair] | None, options: TrainOptions,
             y = torch.from_numpy(np.stack([c[1] for c in chunk]).astype(np.float32))[:, None].to(device)
             logits = model(x)
             loss = F.binary_cross_entropy_with_logits(logits, y) + dice_loss(logits, y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
+            losses.append(step(optimizer, loss))
         return float(np.mean(losses))
 
     def validate() -> dict[str, float]:

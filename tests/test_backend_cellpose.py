@@ -223,3 +223,11 @@ def test_threshold_search_cli_writes_a_file_segment_reads(cli, examples, weights
     assert seg.code == 0, seg.stderr
     assert seg.records[0]["params"]["flow_threshold"] == record["flow_threshold"]
     assert seg.records[0]["params"]["cellprob_threshold"] == record["cellprob_threshold"]
+
+
+def test_bf16_runs_and_gives_the_image_shape(weights, image):
+    bf16 = CellposeBackend(runtime=RuntimeOptions(weights=str(weights), device="cpu", seed=0, precision="bf16"),
+                           diameter=30)
+    prediction = bf16.predict(image)
+    assert prediction.mask.shape == image.shape and prediction.score.dtype == np.float32
+    assert bf16.describe()["params"]["precision"] == "bf16"

@@ -111,12 +111,12 @@ def test_journal_ignores_a_torn_last_line_and_appends_on_a_fresh_one(tmp_path):
     with open(journal.path, "ab") as handle:
         handle.write(b'{"key": "' + b"b" * 64 + b'", "record": {"ima')  # a crash mid-write
     again = Journal(tmp_path, "segment")
-    assert len(again) == 1 and again.get("a" * 64) == {"image": "x.tif", "confluence": 0.5}
+    assert len(again) == 1 and again.get("a" * 64)["record"] == {"image": "x.tif", "confluence": 0.5}
     assert again.get("b" * 64) is None
     again.append("c" * 64, {"image": "y.tif"})
     again.close()
     third = Journal(tmp_path, "segment")
-    assert third.get("c" * 64) == {"image": "y.tif"} and len(third) == 2
+    assert third.get("c" * 64)["record"] == {"image": "y.tif"} and len(third) == 2
 
 
 def test_skip_existing_is_keyed_on_content_model_and_parameters(cli, tmp_path):
@@ -133,11 +133,22 @@ def test_skip_existing_is_keyed_on_content_model_and_parameters(cli, tmp_path):
     assert [bool(r.get("reused")) for r in changed.records] == [True, False, True]
     canny = cli("segment", folder, "--out", out, "--skip-existing", "--method", "canny")
     assert not any(r.get("reused") for r in canny.records)
+    # The canny run wrote its own masks over the phase ones: the phase results are
+    # computed again rather than pointing at canny's files.
+    redo = cli("segment", folder, "--out", out, "--skip-existing")
+    assert [bool(r.get("reused")) for r in redo.records] == [False, False, False]
     # A removed mask is recomputed rather than pointed at.
     (out / "img000.mask.tif").unlink()
     redo = cli("segment", folder, "--out", out, "--skip-existing")
     assert [bool(r.get("reused")) for r in redo.records] == [False, True, True]
     assert (out / "img000.mask.tif").exists()
+    # Another image with the same stem, segmented into the same folder from elsewhere,
+    # replaces img000.mask.tif: the journaled result no longer owns that file.
+    other = make_folder(tmp_path / "other", 1, shape=(96, 128))
+    tifffile.imwrite(other / "img000.tif", blob_image(shape=(96, 128), centers=((50, 60),), seed=5))
+    assert cli("segment", other, "--out", out).code == 0
+    back = cli("segment", folder, "--out", out, "--skip-existing")
+    assert [bool(r.get("reused")) for r in back.records] == [False, True, True]
     # The same content under another name is the same result.
     (folder / "img002.tif").rename(folder / "renamed.tif")
     renamed = cli("segment", folder, "--out", out, "--skip-existing")
@@ -268,3 +279,34 @@ def test_ctrl_c_exits_130_and_keeps_every_finished_record(images, tmp_path):
     records = [json.loads(line) for line in stdout.splitlines()]  # every line whole
     assert 0 < len(records) < 40
     assert all(Path(r["mask"]).exists() for r in records)
+
+
+def test_ordered_map_takes_a_bounded_number_of_tasks_ahead_and_isolates_failures():
+    from monolayer.executors import Executor
+
+    class Later:
+        def __init__(self, value):
+            self.value = value
+
+        def result(self):
+            if isinstance(self.value, Exception):
+                raise self.value
+            return self.value
+
+    executor = Executor("local", jobs=1)
+    executor.window = 3
+    taken = []
+
+    def tasks():
+        for i in range(1000):
+            taken.append(i)
+            # a computed task, then many whose results are already known (reused)
+            yield i, ((lambda i=i: Later(RuntimeError("worker died") if i == 2 else i)) if i % 10 == 0 or i == 2
+                      else None)
+
+    results = executor.map_ordered(tasks())
+    first = next(results)
+    assert first == (0, 0) and len(taken) <= 5
+    rest = list(results)
+    assert [tag for tag, _ in rest] == list(range(1, 1000))
+    assert isinstance(rest[1][1], RuntimeError) and rest[9][1] == 10

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,29 +37,40 @@ class Recipe:
         return repr((self.model, sorted(self.options.items())))
 
 
-_BACKENDS: dict[str, Backend] = {}
+_BACKENDS: dict[str, tuple[Backend, threading.Lock]] = {}
+_BUILDING = threading.Lock()
 
 
-def worker_backend(recipe: Recipe) -> Backend:
-    """This process's backend for ``recipe``, built on first use and kept."""
+def worker_backend(recipe: Recipe) -> tuple[Backend, threading.Lock]:
+    """This process's backend for ``recipe`` (built once, however many threads ask) and
+    the lock that makes one chunk at a time use it (a Dask worker may run several
+    tasks in threads; a model is not made for concurrent calls)."""
     key = recipe.key()
-    if key not in _BACKENDS:
-        _BACKENDS[key] = create_backend(recipe.model, **recipe.options)
+    with _BUILDING:
+        if key not in _BACKENDS:
+            _BACKENDS[key] = (create_backend(recipe.model, **recipe.options), threading.Lock())
     return _BACKENDS[key]
 
 
 def run_chunk(recipe: Recipe, chunk: list[Job], options: SegmentOptions,
               model: dict[str, Any]) -> list[dict[str, Any]]:
     """The unit of remote work: segment ``chunk`` with this worker's backend."""
-    return process_chunk(chunk, worker_backend(recipe), options, model)
+    backend, lock = worker_backend(recipe)
+    with lock:
+        here = backend.describe()
+        if here.get("weights_sha256") != model.get("weights_sha256"):
+            raise UnavailableError(f"the worker loaded weights {here.get('weights_sha256')}, not the "
+                                   f"{model.get('weights_sha256')} of this run",
+                                   "workers must see the same weights file")
+        return process_chunk(chunk, backend, options, model)
 
 
-def _init_local_worker(threads: int) -> None:
+def _init_local_worker() -> None:
     # Ctrl-C goes to the whole process group; the parent decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Share the cores: N workers x all-cores BLAS/torch threads would thrash.
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[name] = str(threads)
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 class _Now:
@@ -92,12 +104,16 @@ class Executor:
             import concurrent.futures
             import multiprocessing
 
-            threads = max(1, (os.cpu_count() or 1) // self.jobs)
+            # Share the cores: N workers x all-cores BLAS/torch threads would thrash. Set
+            # before the workers start (they inherit it), since BLAS reads it when loaded.
+            threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
+            for name in THREAD_VARIABLES:
+                os.environ.setdefault(name, threads)
             # spawn, not fork: a forked copy of a process that has started torch's or
             # BLAS's threads can deadlock.
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=self.jobs, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_local_worker, initargs=(threads,))
+                initializer=_init_local_worker)
             self.window = 2 * self.jobs
         else:
             self.window = 1
@@ -112,21 +128,17 @@ class Executor:
         return _Now(lambda: process_chunk(chunk, backend, options, model))
 
     def map_ordered(self, tasks: Iterable[tuple[Any, Callable[[], Any] | None]]) -> Iterator[tuple[Any, Any]]:
-        """For each ``(tag, submit_or_None)``: yield ``(tag, result)`` in order, keeping
-        at most ``window`` submissions in flight."""
+        """For each ``(tag, submit_or_None)``: yield ``(tag, result)`` in order, with at
+        most ``window`` tasks taken ahead (computed or not), so memory stays bounded. A
+        task whose work raised (a worker killed by the OOM killer, say) yields the
+        exception as its result; the others go on."""
         pending: collections.deque[tuple[Any, Any]] = collections.deque()
-        in_flight = 0
         for tag, submit in tasks:
-            future = submit() if submit is not None else None
-            pending.append((tag, future))
-            in_flight += future is not None
-            while pending and (in_flight > self.window or pending[0][1] is None):
-                tag0, future0 = pending.popleft()
-                in_flight -= future0 is not None
-                yield tag0, future0.result() if future0 is not None else None
+            pending.append((tag, submit() if submit is not None else None))
+            while pending and (len(pending) > self.window or pending[0][1] is None):
+                yield _settle(*pending.popleft())
         while pending:
-            tag0, future0 = pending.popleft()
-            yield tag0, future0.result() if future0 is not None else None
+            yield _settle(*pending.popleft())
 
     def close(self, cancel: bool = False) -> None:
         if self._pool is not None:
@@ -138,6 +150,15 @@ class Executor:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def _settle(tag: Any, future: Any) -> tuple[Any, Any]:
+    if future is None:
+        return tag, None
+    try:
+        return tag, future.result()
+    except Exception as exc:  # KeyboardInterrupt and SystemExit still stop the run
+        return tag, exc
 
 
 def _dask_client(address: str) -> Any:
@@ -164,12 +185,13 @@ def run_segment(jobs: Iterable[Job], executor: Executor, options: SegmentOptions
     with ``skip_existing``, a job whose image content, model and options have a result
     in the journal (and whose mask is still there) gets that record back, marked
     ``"reused": true``, without running the model."""
-    from monolayer.commands.segment import batched
-    from monolayer.io.journal import result_key
+    from monolayer.commands.segment import batched, error_record
+    from monolayer.errors import EXIT_INTERNAL, MonolayerError
+    from monolayer.io.journal import file_identity, result_key
 
     result_options = options.result_options()
     key_model = _key_model(model)
-    root = os.path.abspath(options.out)
+    root = options.root or os.path.abspath(options.out)
 
     def reusable(job: Job) -> dict[str, Any] | None:
         from monolayer.io.images import sha256_file
@@ -178,14 +200,20 @@ def run_segment(jobs: Iterable[Job], executor: Executor, options: SegmentOptions
             digest = sha256_file(job.path)
         except OSError:
             return None  # unreadable now: let the worker report it
-        record = journal.get(result_key(digest, key_model, result_options))
-        if record is None:
+        entry = journal.get(result_key(digest, key_model, result_options))
+        if entry is None:
             return None
+        record, files = entry["record"], entry.get("files", {})
+        outputs = {}
         for field_name in ("mask", "prob"):
             name = record.get(field_name)
-            if name and not os.path.isfile(os.path.join(root, os.path.basename(name))):
-                return None  # an output was removed since: compute it again
-        return {**record, "image": job.image, "reused": True}
+            if name:
+                base = os.path.basename(name)
+                identity = file_identity(os.path.join(root, base))
+                if identity is None or identity != files.get(base):
+                    return None  # removed or overwritten since: compute it again
+                outputs[field_name] = str(options.out / base)
+        return {**record, **outputs, "image": job.image, "reused": True}
 
     def tasks() -> Iterator[tuple[Any, Callable[[], Any] | None]]:
         for chunk in batched(jobs, chunk_size):
@@ -201,6 +229,11 @@ def run_segment(jobs: Iterable[Job], executor: Executor, options: SegmentOptions
             yield (chunk, reused, todo), submit
 
     for (chunk, reused, todo), results in executor.map_ordered(tasks()):
+        if isinstance(results, Exception):
+            code = results.exit_code if isinstance(results, MonolayerError) else EXIT_INTERNAL
+            why = str(results) if isinstance(results, MonolayerError) else f"{type(results).__name__}: {results}"
+            results = [error_record(job.image, f"{job.image}: worker failed: {why}", code, model)
+                       for job in todo]
         computed = dict(zip((job.index for job in todo), results or []))
         for job in chunk:
             if job.index in reused:
@@ -208,5 +241,7 @@ def run_segment(jobs: Iterable[Job], executor: Executor, options: SegmentOptions
                 continue
             record = computed[job.index]
             if journal is not None and "error" not in record:
-                journal.append(result_key(record["image_sha256"], key_model, result_options), record)
+                files = {os.path.basename(record[f]): file_identity(os.path.join(root, os.path.basename(record[f])))
+                         for f in ("mask", "prob") if record.get(f)}
+                journal.append(result_key(record["image_sha256"], key_model, result_options), record, files)
             yield record

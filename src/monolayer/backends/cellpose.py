@@ -212,7 +212,7 @@ class CellposeBackend(TorchBackend):
         self._model = model
         if self.autocast_dtype is not None:
             # cellpose turns outputs into numpy, which has no bfloat16.
-            net.register_forward_hook(_outputs_to_float32)
+            model.net.register_forward_hook(_outputs_to_float32)
         self.diameter = diameter
         self.effective_diameter = float(diameter) if diameter is not None else model.diam_labels
 

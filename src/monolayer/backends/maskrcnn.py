@@ -62,12 +62,18 @@ _PASTE_CHUNK = 16
 """Instance masks pasted to full size at once: bounds memory to 16 x H x W floats."""
 
 
-def build_model() -> MaskRCNN:
-    """An untrained Mask R-CNN R50-FPN, one foreground class, FrozenBatchNorm backbone.
+def build_model(trainable_norm: bool = False) -> MaskRCNN:
+    """An untrained Mask R-CNN R50-FPN, one foreground class.
 
-    Same parameter names as ``maskrcnn_resnet50_fpn(num_classes=2)``.
+    The backbone uses FrozenBatchNorm (inference, fine-tuning) or, with
+    ``trainable_norm``, ordinary BatchNorm, as torchvision does for a backbone
+    trained from scratch. Same parameter names as
+    ``maskrcnn_resnet50_fpn(num_classes=2)`` either way, and a checkpoint of
+    either kind loads into the other.
     """
-    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=5)
+    norm = torch.nn.BatchNorm2d if trainable_norm else None
+    backbone = resnet_fpn_backbone(backbone_name="resnet50", weights=None, trainable_layers=5,
+                                   **({"norm_layer": norm} if norm else {}))
     return MaskRCNN(backbone, num_classes=NUM_CLASSES, box_detections_per_img=DETECTIONS_PER_IMAGE)
 
 

@@ -62,6 +62,20 @@ def backend_options(model: str, given: dict[str, Any]) -> dict[str, Any]:
     return {"runtime": runtime, **given}
 
 
+def portable(options: dict[str, Any]) -> dict[str, Any]:
+    """Backend options with file paths made absolute, for workers whose working folder
+    is not ours (Dask). A published checkpoint's name stays a name."""
+    import dataclasses
+
+    options = dict(options)
+    runtime = options.get("runtime")
+    if runtime is not None and runtime.weights and Path(runtime.weights).expanduser().is_file():
+        options["runtime"] = dataclasses.replace(runtime, weights=str(Path(runtime.weights).expanduser().resolve()))
+    if options.get("thresholds_file") is not None:
+        options["thresholds_file"] = Path(options["thresholds_file"]).resolve()
+    return options
+
+
 def _diameter(value: str, truth: list[Path] | None) -> float:
     if value == "auto":
         if not truth:
@@ -217,18 +231,20 @@ def segment(
         raise NoInputError("no input images", "name image files or folders, or - for stdin")
     if shard_spec is not None:
         jobs_list = [job for job in jobs_list if in_shard(job, shard_spec)]
-    backend = create_backend(model.value, **options)
-    if save_prob and backend.score_kind is None:
-        say_warning("--save-prob: this method produces no score map; only masks are written")
     out.mkdir(parents=True, exist_ok=True)
-    seg_options = SegmentOptions(out=out, save_prob=save_prob, page=page, resize=resize)
-    described = backend.describe()
+    seg_options = SegmentOptions(out=out, save_prob=save_prob, page=page, resize=resize,
+                                 root=str(out.resolve()))
     tally = Tally()
+    # The lock first: a run that must wait or give way has loaded no model for nothing.
     with output_lock(out, wait=wait, on_wait=None if quiet else lambda holder: say_warning(
             f"another run ({holder}) is writing to {out}; waiting for it")):
+        backend = create_backend(model.value, **options)
+        if save_prob and backend.score_kind is None:
+            say_warning("--save-prob: this method produces no score map; only masks are written")
+        described = backend.describe()
         journal = Journal(out, "segment")
         pool = Executor(executor.value, jobs=jobs, scheduler=scheduler,
-                        recipe=Recipe(model.value, options), backend=backend)
+                        recipe=Recipe(model.value, portable(options)), backend=backend)
         failed = False
         reused = 0
         try:

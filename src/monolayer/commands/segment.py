@@ -34,6 +34,9 @@ class SegmentOptions:
     resize: int | None = None
     """Scale images so the longest side is this many px before the model (as in training);
     masks and maps are scaled back, so confluence is still over the original image."""
+    root: str | None = None
+    """``out`` as an absolute path, fixed by the parent process: where workers write,
+    whatever their working folder (a Dask worker's is not ours)."""
 
     def result_options(self) -> dict[str, Any]:
         """The options that change a result (part of the ``--skip-existing`` key)."""
@@ -163,7 +166,7 @@ def _write(x: _Loaded, prediction: Prediction, seconds: float, options: SegmentO
     if prediction.mask.shape != (height, width):
         raise InternalError(f"{x.job.image}: model {model['model']} returned a "
                             f"{prediction.mask.shape} mask for a {(height, width)} image")
-    root = Path(os.path.abspath(options.out))
+    root = Path(options.root or os.path.abspath(options.out))
     mask_name = f"{x.job.stem}.mask.tif"
     write_binary_mask(inside(root, mask_name), prediction.mask)
     prob_name = None

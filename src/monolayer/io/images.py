@@ -62,9 +62,11 @@ def _first_ifd(data: bytes) -> dict[int, int] | None:
     end = offset + 2 + 12 * count
     if end > len(data):
         return None
-    tags = {}
+    tags: dict[int, int] = {}
     for start in range(offset + 2, end, 12):
         tag, kind, n = struct.unpack(order + "HHI", data[start:start + 8])
+        if tag in (256, 257, 277) and tag in tags:
+            return None  # a repeated size tag: let tifffile judge the file
         if n != 1:
             continue
         if kind == 3:  # SHORT

@@ -88,6 +88,19 @@ def _remove_partial_files(out: Path) -> None:
             pass
 
 
+def file_identity(path: str) -> list[int] | None:
+    """(size, modification time in ns, inode) of an output file, or None if it is gone.
+
+    Outputs are replaced by rename, so another image's mask written over ours later
+    has another inode: a journaled result is reused only while its files are the
+    very ones it wrote."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
 def result_key(image_sha256: str, model: dict[str, Any], options: dict[str, Any]) -> str:
     """Identity of one result: image content + model + weights + output-changing options."""
     text = json.dumps({"image": image_sha256, "model": model, "options": options}, sort_keys=True,
@@ -130,21 +143,22 @@ class Journal:
         return len(self._offsets)
 
     def get(self, key: str) -> dict[str, Any] | None:
+        """The journal entry for ``key``: ``record`` and ``files`` (see :func:`file_identity`)."""
         offset = self._offsets.get(key)
         if offset is None:
             return None
         with open(self.path, "rb") as handle:
             handle.seek(offset)
-            return json.loads(handle.readline())["record"]
+            return json.loads(handle.readline())
 
-    def append(self, key: str, record: dict[str, Any]) -> None:
+    def append(self, key: str, record: dict[str, Any], files: dict[str, list[int]] | None = None) -> None:
         """Append one entry with a single write; an interrupted write leaves a torn last
         line, which readers ignore. A full disk is an :class:`OutputError` (exit 74)."""
         if self._fd is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             self._torn = os.fstat(self._fd).st_size > 0 and not self._ends_with_newline()
-        data = (dumps({"key": key, "record": record}) + "\n").encode()
+        data = (dumps({"key": key, "record": record, "files": files or {}}) + "\n").encode()
         if self._torn:  # a crash or a failed write cut the last line: start on a fresh one
             data = b"\n" + data
         offset = os.fstat(self._fd).st_size + (1 if self._torn else 0)

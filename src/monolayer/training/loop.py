@@ -55,6 +55,8 @@ def run_epochs(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, conf
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         rng.bit_generator.state = state["numpy_rng"]
         log = list(state["log"])
         start = int(state["epoch"]) + 1
@@ -77,5 +79,6 @@ def run_epochs(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, conf
         _save_torch(out, weights)
         _save_torch(state_file, {"config": config, "epoch": epoch, "model": weights,
                                  "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                                  "numpy_rng": rng.bit_generator.state, "log": log})
         emit(record)

@@ -8,8 +8,9 @@ instance of the label image becomes one target: its mask, its box (with the last
 row and column included) and the class "cell". Augmentation: flips and 90-degree
 rotations of image and labels together. The checkpoint is the model's state dict,
 which ``segment --model maskrcnn --weights OUT`` loads. Without ``--weights`` the
-network starts from random initialisation (no ImageNet backbone is downloaded); to
-fine-tune, give a checkpoint of the same architecture.
+network starts from random initialisation with trainable BatchNorm in the backbone
+(no ImageNet backbone is downloaded); to fine-tune, give a checkpoint of the same
+architecture (its backbone stays FrozenBatchNorm, as detectron2 and torchvision do).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def train_maskrcnn(train: list[Pair], val: list[Pair] | None, options: TrainOpti
     rng = np.random.default_rng(options.seed)
     device = resolve_device(options.device)
     base = resolve(options.weights, "maskrcnn") if options.weights else None
-    model = load_model(load_state_dict(base.path), str(base.path)) if base else build_model()
+    # From scratch the backbone needs normalisation that learns (torchvision does the same).
+    model = load_model(load_state_dict(base.path), str(base.path)) if base else build_model(trainable_norm=True)
     model.roi_heads.fg_bg_sampler.batch_size_per_image = ROI_BATCH_PER_IMAGE
     model.to(device)
     lr = options.lr or DEFAULT_LR

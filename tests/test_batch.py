@@ -305,6 +305,7 @@ def test_ordered_map_takes_a_bounded_number_of_tasks_ahead_and_isolates_failures
                       else None)
 
     results = executor.map_ordered(tasks())
+    executor.close()
     first = next(results)
     assert first == (0, 0) and len(taken) <= 5
     rest = list(results)

@@ -73,16 +73,6 @@ def _init_local_worker() -> None:
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-class _Now:
-    """A 'future' for the in-process executor: computed when its result is asked for."""
-
-    def __init__(self, call: Callable[[], Any]) -> None:
-        self._call = call
-
-    def result(self) -> Any:
-        return self._call()
-
-
 class Executor:
     """Submit chunks, get results back in submission order, at most ``window`` in flight."""
 
@@ -97,6 +87,8 @@ class Executor:
         self.kind, self.jobs, self.recipe, self.backend = kind, max(1, jobs), recipe, backend
         self._pool: Any = None
         self._client: Any = None
+        self._threads: Any = None
+        self._model_lock = threading.Lock()
         if kind == "dask":
             self._client = _dask_client(scheduler or "")
             self.window = 2 * max(1, sum(self._client.nthreads().values()))
@@ -116,16 +108,21 @@ class Executor:
                 initializer=_init_local_worker)
             self.window = 2 * self.jobs
         else:
-            self.window = 1
+            import concurrent.futures
+
+            # One process, two threads: while one chunk holds the model, the other reads
+            # its images or writes its masks (decoders, compressors and torch release the GIL).
+            self._threads = concurrent.futures.ThreadPoolExecutor(max_workers=2,
+                                                                  thread_name_prefix="monolayer-io")
+            self.window = 2
 
     def submit(self, chunk: list[Job], options: SegmentOptions, model: dict[str, Any]) -> Any:
         if self._client is not None:
             return self._client.submit(run_chunk, self.recipe, chunk, options, model, pure=False)
         if self._pool is not None:
             return self._pool.submit(run_chunk, self.recipe, chunk, options, model)
-        assert self.backend is not None
-        backend = self.backend
-        return _Now(lambda: process_chunk(chunk, backend, options, model))
+        assert self.backend is not None and self._threads is not None
+        return self._threads.submit(process_chunk, chunk, self.backend, options, model, self._model_lock)
 
     def map_ordered(self, tasks: Iterable[tuple[Any, Callable[[], Any] | None]]) -> Iterator[tuple[Any, Any]]:
         """For each ``(tag, submit_or_None)``: yield ``(tag, result)`` in order, with at
@@ -141,6 +138,9 @@ class Executor:
             yield _settle(*pending.popleft())
 
     def close(self, cancel: bool = False) -> None:
+        if self._threads is not None:
+            self._threads.shutdown(wait=not cancel, cancel_futures=cancel)
+            self._threads = None
         if self._pool is not None:
             if cancel:
                 for process in list(getattr(self._pool, "_processes", {}).values()):

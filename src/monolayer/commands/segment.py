@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
@@ -198,10 +199,12 @@ def _failure(image: str, exc: Exception, model: dict[str, Any]) -> dict[str, Any
 
 
 def process_chunk(chunk: list[Job], backend: Backend, options: SegmentOptions,
-                  model: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                  model: dict[str, Any] | None = None,
+                  model_lock: Any = None) -> list[dict[str, Any]]:
     """One record per job, in order: load, predict (as one batch), write; failures become
     error records. Runs wherever the executor puts it (this process, a worker process,
-    a Dask worker)."""
+    a Dask worker). With ``model_lock``, only the prediction holds it, so another
+    thread's reading and writing of images overlaps this one's model work."""
     model = model if model is not None else backend.describe()
     results: list[dict[str, Any] | None] = [None] * len(chunk)
     ready: list[_Loaded] = []
@@ -216,8 +219,9 @@ def process_chunk(chunk: list[Job], backend: Backend, options: SegmentOptions,
         except Exception as exc:
             results[i] = _failure(job.image, exc, model)
     if ready:
-        started = time.perf_counter()
-        predictions = _predict(backend, ready, options.resize)
+        with model_lock or contextlib.nullcontext():
+            started = time.perf_counter()
+            predictions = _predict(backend, ready, options.resize)
         share = (time.perf_counter() - started) / len(ready)
         for x, prediction in zip(ready, predictions):
             if isinstance(prediction, Exception):
@@ -230,15 +234,6 @@ def process_chunk(chunk: list[Job], backend: Backend, options: SegmentOptions,
             except Exception as exc:
                 results[x.index] = _failure(x.job.image, exc, model)
     return [record for record in results if record is not None]
-
-
-def segment_items(items: Iterable[InputItem], backend: Backend,
-                  options: SegmentOptions) -> Iterator[dict[str, Any]]:
-    """Yield one record per input item, in input order, in this process (no journal)."""
-    jobs = plan_jobs(items)
-    model = backend.describe()
-    for chunk in batched(jobs, backend.batch_size):
-        yield from process_chunk(list(chunk), backend, options, model)
 
 
 def batched(items: Iterable[Any], size: int) -> Iterator[tuple[Any, ...]]:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from conftest import blob_image
 from monolayer.coco import load_coco, rasterize
-from monolayer.errors import DataError, MonolayerError
+from monolayer.errors import DataError
 from monolayer.records import RecordWriter, iter_jsonl
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from monolayer.cli.common import HARDWARE, INPUT, MODEL, OUTPUT, cli_errors
+from monolayer.cli.common import HARDWARE, INPUT, MODEL, OUTPUT, cli_errors, progress
 from monolayer.cli.segment import Device, ModelName
 from monolayer.errors import UsageError
 from monolayer.records import RecordWriter
@@ -122,13 +121,17 @@ def train(
     train_pairs = load_pairs(train_set, resize)
     val_pairs = load_pairs(val, resize) if val else None
     writer = RecordWriter()
-
-    def emit(record: dict) -> None:
-        writer.write(record)
-        if not quiet:
-            extra = "".join(f", {k} {record[k]:.4f}" for k in ("val_iou", "val_abs_confluence_error") if k in record)
-            print(f"monolayer: train: epoch {record['epoch']}/{record['epochs']}: loss {record['loss']:.4f}"
-                  f"{extra}", file=sys.stderr, flush=True)
-
     out.parent.mkdir(parents=True, exist_ok=True)
-    trainer(train_pairs, val_pairs, options, out, emit, restart=restart)
+    with progress(epochs, "train", quiet) as bar:
+        task = bar.add_task(f"train {model.value}", total=epochs)
+
+        def emit(record: dict) -> None:
+            writer.write(record)
+            bar.update(task, completed=record["epoch"])
+            if not quiet:
+                extra = "".join(f", {k} {record[k]:.4f}" for k in ("val_iou", "val_abs_confluence_error")
+                                if k in record)
+                bar.console.print(f"monolayer: train: epoch {record['epoch']}/{record['epochs']}: "
+                                  f"loss {record['loss']:.4f}{extra}", highlight=False, markup=False)
+
+        trainer(train_pairs, val_pairs, options, out, emit, restart=restart)

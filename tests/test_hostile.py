@@ -107,6 +107,7 @@ def test_hostile_coco_files_give_errors_per_entry_and_convert_the_rest(cli, tmp_
         {"id": 7, "file_name": "two_points.tif", "width": 8, "height": 8},
         {"id": 8, "file_name": "bad_seg.tif", "width": 8, "height": 8},
         {"id": 9, "file_name": "rle_too_long.tif", "width": 8, "height": 8},
+        {"id": 10, "file_name": "huge.tif", "width": 10**9, "height": 1e9},
         "not an object",
     ], "annotations": [
         {"id": 1, "image_id": 1, "segmentation": [square]},
@@ -127,7 +128,8 @@ def test_hostile_coco_files_give_errors_per_entry_and_convert_the_rest(cli, tmp_
     bad = [r for r in run.records if "error" in r]
     assert sorted(Path(r["mask"]).name for r in ok) == ["escape.labels.tif", "good.labels.tif"]
     assert all(r["confluence"] == 16 / 64 for r in ok)
-    assert len(bad) == 7
+    assert len(bad) == 8
+    assert any("huge.tif" in r["error"] and "limit" in r["error"] for r in bad)
     assert all("\n" not in r["error"] and "Traceback" not in r["error"] for r in bad)
     # Nothing escaped the output folder.
     assert sorted(p.name for p in tmp_path.rglob("*.tif")) == ["escape.labels.tif", "good.labels.tif"]

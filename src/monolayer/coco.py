@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from monolayer.errors import DataError, NoInputError
+from monolayer.io.images import MAX_PIXELS
 
 
 @dataclass
@@ -94,6 +95,10 @@ def load_coco(path: str | Path) -> CocoFile:
             image.error = f"{where} (id {image_id}): missing 'file_name'"
         elif width is None or height is None:
             image.error = f"{where} ({image.file_name}): 'width' and 'height' must be positive integers"
+        elif width * height > MAX_PIXELS:
+            # A corrupt or hostile entry: rasterising it would allocate width x height.
+            image.error = (f"{where} ({image.file_name}): claims {width}x{height} px, more than the "
+                           f"{MAX_PIXELS} px limit")
         elif image_id in by_id:
             image.error = f"{where} ({image.file_name}): duplicate image id {image_id}"
         if image.error is None:

@@ -56,13 +56,12 @@ def run_chunk(recipe: Recipe, chunk: list[Job], options: SegmentOptions,
               model: dict[str, Any]) -> list[dict[str, Any]]:
     """The unit of remote work: segment ``chunk`` with this worker's backend."""
     backend, lock = worker_backend(recipe)
-    with lock:
-        here = backend.describe()
-        if here.get("weights_sha256") != model.get("weights_sha256"):
-            raise UnavailableError(f"the worker loaded weights {here.get('weights_sha256')}, not the "
-                                   f"{model.get('weights_sha256')} of this run",
-                                   "workers must see the same weights file")
-        return process_chunk(chunk, backend, options, model)
+    here = backend.describe()
+    if here.get("weights_sha256") != model.get("weights_sha256"):
+        raise UnavailableError(f"the worker loaded weights {here.get('weights_sha256')}, not the "
+                               f"{model.get('weights_sha256')} of this run",
+                               "workers must see the same weights file")
+    return process_chunk(chunk, backend, options, model, model_lock=lock)
 
 
 def _init_local_worker() -> None:
@@ -73,17 +72,24 @@ def _init_local_worker() -> None:
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
+def check_executor(kind: str, jobs: int, scheduler: str | None) -> None:
+    """Refuse executor options that do not go together (before any model is loaded)."""
+    if kind not in EXECUTORS:
+        raise UsageError(f"unknown executor {kind!r}", f"choose one of: {', '.join(EXECUTORS)}")
+    if kind == "dask" and not scheduler:
+        raise UsageError("--executor dask needs --scheduler ADDRESS (e.g. tcp://head-node:8786)")
+    if kind == "local" and scheduler:
+        raise UsageError("--scheduler goes with --executor dask")
+    if kind == "dask" and jobs != 1:
+        raise UsageError("--jobs is for --executor local; Dask's workers set the parallelism")
+
+
 class Executor:
     """Submit chunks, get results back in submission order, at most ``window`` in flight."""
 
     def __init__(self, kind: str = "local", jobs: int = 1, scheduler: str | None = None,
                  recipe: Recipe | None = None, backend: Backend | None = None) -> None:
-        if kind not in EXECUTORS:
-            raise UsageError(f"unknown executor {kind!r}", f"choose one of: {', '.join(EXECUTORS)}")
-        if kind == "dask" and not scheduler:
-            raise UsageError("--executor dask needs --scheduler ADDRESS (e.g. tcp://head-node:8786)")
-        if kind == "local" and scheduler:
-            raise UsageError("--scheduler goes with --executor dask")
+        check_executor(kind, jobs, scheduler)
         self.kind, self.jobs, self.recipe, self.backend = kind, max(1, jobs), recipe, backend
         self._pool: Any = None
         self._client: Any = None
@@ -174,6 +180,14 @@ def _dask_client(address: str) -> Any:
                                "check the address and that the scheduler is running") from None
 
 
+def _output_files(record: dict[str, Any], root: str) -> dict[str, list[int] | None]:
+    """File name -> identity (size, mtime, inode) of each output a record names."""
+    from monolayer.io.journal import file_identity
+
+    names = [os.path.basename(record[f]) for f in ("mask", "prob") if record.get(f)]
+    return {name: file_identity(os.path.join(root, name)) for name in names}
+
+
 def _key_model(model: dict[str, Any]) -> dict[str, Any]:
     """The model fields a result depends on: the weights by checksum, not by path."""
     return {k: v for k, v in model.items() if k != "weights"}
@@ -187,11 +201,11 @@ def run_segment(jobs: Iterable[Job], executor: Executor, options: SegmentOptions
     ``"reused": true``, without running the model."""
     from monolayer.commands.segment import batched, error_record
     from monolayer.errors import EXIT_INTERNAL, MonolayerError
-    from monolayer.io.journal import file_identity, result_key
+    from monolayer.io.journal import result_key
 
     result_options = options.result_options()
     key_model = _key_model(model)
-    root = options.root or os.path.abspath(options.out)
+    root = options.write_root
 
     def reusable(job: Job) -> dict[str, Any] | None:
         from monolayer.io.images import sha256_file
@@ -203,16 +217,11 @@ def run_segment(jobs: Iterable[Job], executor: Executor, options: SegmentOptions
         entry = journal.get(result_key(digest, key_model, result_options))
         if entry is None:
             return None
-        record, files = entry["record"], entry.get("files", {})
-        outputs = {}
-        for field_name in ("mask", "prob"):
-            name = record.get(field_name)
-            if name:
-                base = os.path.basename(name)
-                identity = file_identity(os.path.join(root, base))
-                if identity is None or identity != files.get(base):
-                    return None  # removed or overwritten since: compute it again
-                outputs[field_name] = str(options.out / base)
+        record = entry["record"]
+        files = _output_files(record, root)
+        if None in files.values() or files != entry.get("files"):
+            return None  # removed or overwritten since: compute it again
+        outputs = {f: str(options.out / os.path.basename(record[f])) for f in ("mask", "prob") if record.get(f)}
         return {**record, **outputs, "image": job.image, "reused": True}
 
     def tasks() -> Iterator[tuple[Any, Callable[[], Any] | None]]:
@@ -241,7 +250,6 @@ def run_segment(jobs: Iterable[Job], executor: Executor, options: SegmentOptions
                 continue
             record = computed[job.index]
             if journal is not None and "error" not in record:
-                files = {os.path.basename(record[f]): file_identity(os.path.join(root, os.path.basename(record[f])))
-                         for f in ("mask", "prob") if record.get(f)}
-                journal.append(result_key(record["image_sha256"], key_model, result_options), record, files)
+                journal.append(result_key(record["image_sha256"], key_model, result_options), record,
+                               _output_files(record, root))
             yield record

@@ -36,6 +36,13 @@ class BackendSpec:
 
         return [name for name in self.requires if importlib.util.find_spec(name) is None]
 
+    def require(self, what: str) -> None:
+        """Raise :class:`UnavailableError` (exit 69) naming what to install, if anything is missing."""
+        missing = self.missing()
+        if missing:
+            raise UnavailableError(f"{what} needs {', '.join(missing)}, which is not installed",
+                                   "pip install 'monolayer[models]'")
+
 
 BACKENDS: dict[str, BackendSpec] = {
     spec.name: spec
@@ -63,10 +70,7 @@ def create_backend(name: str, **options: Any) -> Backend:
         ready = ", ".join(n for n, s in BACKENDS.items() if s.target)
         raise UnavailableError(f"model {name!r} is not available yet in this version",
                                f"available: {ready}")
-    missing = spec.missing()
-    if missing:
-        raise UnavailableError(f"model {name!r} needs {', '.join(missing)}, which is not installed",
-                               "pip install 'monolayer[models]'")
+    spec.require(f"model {name!r}")
     module_name, class_name = spec.target.split(":")
     try:
         module = importlib.import_module(module_name)

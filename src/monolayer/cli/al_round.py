@@ -55,7 +55,8 @@ def init(
     test_target: Annotated[float, typer.Option("--test-target", help="Confluence the test images are "
                                                "chosen around.")] = 0.5,
     test: Annotated[Path | None, typer.Option("--test", help="The test images instead: JSON "
-                                              "Lines naming them, or a folder with images/ and masks/.", rich_help_panel=INPUT)] = None,
+                                              "Lines naming them, or a folder with images/ and masks/.",
+                                              rich_help_panel=INPUT)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the initial draw and of random rounds.")] = 0,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing manifest.")] = False,
 ) -> None:

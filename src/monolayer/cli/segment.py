@@ -16,7 +16,7 @@ from monolayer.cli.common import (
     write_records,
 )
 from monolayer.commands.segment import SegmentOptions, in_shard, parse_shard, plan_jobs
-from monolayer.executors import EXECUTORS, Executor, Recipe, run_segment
+from monolayer.executors import EXECUTORS, Executor, Recipe, check_executor, run_segment
 from monolayer.io.journal import Journal, output_lock
 from monolayer.devices import DEVICES, PRECISIONS
 from monolayer.errors import NoInputError, UsageError
@@ -219,12 +219,7 @@ def segment(
     given = {k: v.value if isinstance(v, enum.Enum) else v for k, v in given.items()}
     options = backend_options(model.value, given)
     shard_spec = parse_shard(shard) if shard is not None else None
-    if executor.value == "dask" and not scheduler:
-        raise UsageError("--executor dask needs --scheduler ADDRESS (e.g. tcp://head-node:8786)")
-    if executor.value == "local" and scheduler:
-        raise UsageError("--scheduler goes with --executor dask")
-    if executor.value == "dask" and jobs != 1:
-        raise UsageError("--jobs is for --executor local; Dask's workers set the parallelism")
+    check_executor(executor.value, jobs, scheduler)
     started = time.perf_counter()
     jobs_list = plan_jobs(expand_inputs(inputs, recursive=recursive, exclude=out))
     if not jobs_list:

@@ -30,7 +30,8 @@ def train(
                                              "else random initialisation).",
                                              rich_help_panel=MODEL, show_default=False)],
     train_set: Annotated[Path, typer.Option("--train", help="Training images and masks: coco2mask "
-                                            "JSON Lines, or a folder with images/ and masks/.", rich_help_panel=INPUT, show_default=False)],
+                                            "JSON Lines, or a folder with images/ and masks/.",
+                                            rich_help_panel=INPUT, show_default=False)],
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs to train in total.",
                                         show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write after every epoch "
@@ -105,17 +106,14 @@ def train(
     import importlib
 
     from monolayer.backends import BACKENDS
-    from monolayer.errors import UnavailableError
     from monolayer.training.common import TrainOptions
     from monolayer.training.data import load_pairs
 
-    missing = BACKENDS[model.value].missing()
-    if missing:
-        raise UnavailableError(f"training {model.value} needs {', '.join(missing)}, which is not installed",
-                               "pip install 'monolayer[models]'")
+    BACKENDS[model.value].require(f"training {model.value}")
+    given_sizes = {k: v for k, v in {"crops_per_image": crops_per_image, "base_channels": base_channels}.items()
+             if v is not None}  # else TrainOptions' defaults
     options = TrainOptions(epochs=epochs, seed=seed, device=device.value, batch_size=batch_size, lr=lr,
-                           augment=augment, patch=patch, crops_per_image=crops_per_image or 4,
-                           base_channels=base_channels or 64, resize=resize, weights=weights)
+                           augment=augment, patch=patch, resize=resize, weights=weights, **given_sizes)
     module_name, function_name = TRAINERS[model.value].split(":")
     trainer = getattr(importlib.import_module(module_name), function_name)
     train_pairs = load_pairs(train_set, resize)

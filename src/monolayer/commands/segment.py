@@ -39,6 +39,11 @@ class SegmentOptions:
     """``out`` as an absolute path, fixed by the parent process: where workers write,
     whatever their working folder (a Dask worker's is not ours)."""
 
+    @property
+    def write_root(self) -> str:
+        """Where outputs are written: ``root``, else ``out`` made absolute here."""
+        return self.root or os.path.abspath(self.out)
+
     def result_options(self) -> dict[str, Any]:
         """The options that change a result (part of the ``--skip-existing`` key)."""
         return {"page": self.page, "resize": self.resize, "save_prob": self.save_prob}
@@ -167,7 +172,7 @@ def _write(x: _Loaded, prediction: Prediction, seconds: float, options: SegmentO
     if prediction.mask.shape != (height, width):
         raise InternalError(f"{x.job.image}: model {model['model']} returned a "
                             f"{prediction.mask.shape} mask for a {(height, width)} image")
-    root = Path(options.root or os.path.abspath(options.out))
+    root = Path(options.write_root)
     mask_name = f"{x.job.stem}.mask.tif"
     write_binary_mask(inside(root, mask_name), prediction.mask)
     prob_name = None
@@ -199,13 +204,11 @@ def _failure(image: str, exc: Exception, model: dict[str, Any]) -> dict[str, Any
 
 
 def process_chunk(chunk: list[Job], backend: Backend, options: SegmentOptions,
-                  model: dict[str, Any] | None = None,
-                  model_lock: Any = None) -> list[dict[str, Any]]:
+                  model: dict[str, Any], model_lock: Any = None) -> list[dict[str, Any]]:
     """One record per job, in order: load, predict (as one batch), write; failures become
     error records. Runs wherever the executor puts it (this process, a worker process,
     a Dask worker). With ``model_lock``, only the prediction holds it, so another
     thread's reading and writing of images overlaps this one's model work."""
-    model = model if model is not None else backend.describe()
     results: list[dict[str, Any] | None] = [None] * len(chunk)
     ready: list[_Loaded] = []
     for i, job in enumerate(chunk):

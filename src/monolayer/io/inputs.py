@@ -30,7 +30,7 @@ class InputItem:
     exit_code: int = EXIT_NO_INPUT
 
 
-def _is_image_file(path: Path) -> bool:
+def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
@@ -40,7 +40,7 @@ def _under(path: Path, folder: Path | None) -> bool:
 
 def _folder_images(folder: Path, recursive: bool, exclude: Path | None) -> list[Path]:
     found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted((p for p in found if _is_image_file(p) and not _under(p, exclude)),
+    return sorted((p for p in found if is_image_file(p) and not _under(p, exclude)),
                   key=lambda p: str(p))
 
 
@@ -102,7 +102,7 @@ def expand_inputs(inputs: Iterable[str], *, recursive: bool = False,
             yield from once(InputItem(image=raw))
         elif GLOB_CHARS & set(raw):
             matches = sorted(glob.glob(raw, recursive=True))
-            files = [m for m in matches if _is_image_file(Path(m)) and not _under(Path(m), exclude)]
+            files = [m for m in matches if is_image_file(Path(m)) and not _under(Path(m), exclude)]
             if not files:
                 yield InputItem(image=raw, error=f"{raw}: pattern matches no images")
             for match in files:

@@ -10,12 +10,14 @@
 ``segment.journal``
     One line per finished image, appended with a single ``write(2)`` on an
     ``O_APPEND`` descriptor after the image's mask is in place (masks are written
-    atomically): ``{"key": ..., "record": {...}}``. ``key`` is a SHA-256 over the
+    atomically): ``{"key": ..., "record": {...}, "files": {...}}``. ``key`` is a SHA-256 over the
     image's content, the model (name, parameters, weights' SHA-256) and the
     options that change the output, so ``--skip-existing`` reuses a result only
     for the same image content, model, weights and parameters, whatever the file
     is called. A line cut short by a crash is not valid JSON and is ignored; the
-    image it belonged to is simply computed again.
+    image it belonged to is simply computed again. ``files`` holds the identity
+    (size, mtime, inode) of each output file, so a result is reused only while
+    its mask is the very file it wrote.
 
 Leftover ``.*.part`` files of atomic writes that a crash interrupted are removed
 when the next run takes the lock.
@@ -118,7 +120,6 @@ class Journal:
     def __init__(self, out: Path, name: str) -> None:
         self.path = state_dir(out) / f"{name}.journal"
         self._offsets: dict[str, int] = {}
-        self._lines = 0
         if self.path.exists():
             self._scan()
         self._fd: int | None = None
@@ -134,7 +135,6 @@ class Journal:
                         key = entry["key"]
                         if isinstance(key, str) and isinstance(entry.get("record"), dict):
                             self._offsets[key] = offset
-                            self._lines += 1
                     except (ValueError, KeyError, TypeError):
                         pass  # a torn or foreign line: that result is computed again
                 offset += len(line)
@@ -173,7 +173,6 @@ class Journal:
                               "check free disk space")
         self._torn = False
         self._offsets[key] = offset
-        self._lines += 1
 
     def _ends_with_newline(self) -> bool:
         with open(self.path, "rb") as handle:

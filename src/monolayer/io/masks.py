@@ -45,8 +45,9 @@ def write_score_map(target: Path, score: np.ndarray) -> None:
     _write_tiff(target, np.asarray(score, dtype=np.float32))
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """Read a mask or label image as a boolean foreground (non-zero = cell)."""
+def read_mask_array(path: str | Path) -> np.ndarray:
+    """A mask or label image as a 2-D array, values as stored (an RGB(A) mask becomes
+    its non-zero pixels, a single-page stack its page)."""
     from monolayer.io.images import read_image
 
     array = read_image(path)
@@ -57,7 +58,12 @@ def read_mask(path: str | Path) -> np.ndarray:
             array = array[0]
         else:
             raise DataError(f"{path}: mask has shape {array.shape}, expected a 2-D image")
-    return np.asarray(array) != 0
+    return np.asarray(array)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a mask or label image as a boolean foreground (non-zero = cell)."""
+    return read_mask_array(path) != 0
 
 
 def mask_key(path: Path) -> str | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from monolayer.errors import DataError, NoInputError
-from monolayer.io.images import IMAGE_SUFFIXES
+from monolayer.io.inputs import is_image_file
 from monolayer.io.masks import index_mask_folder, read_mask
 from monolayer.metrics import confluence
 from monolayer.records import iter_jsonl
@@ -47,8 +47,7 @@ def _folder_records(folder: Path, with_confluence: bool) -> list[dict[str, Any]]
         raise NoInputError(f"{folder}: a labelled folder needs images/ and masks/ sub-folders",
                            "or give coco2mask JSON Lines")
     masks = index_mask_folder(masks_dir)
-    images = sorted(p for p in images_dir.iterdir()
-                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    images = sorted(p for p in images_dir.iterdir() if is_image_file(p))
     if not images:
         raise NoInputError(f"{images_dir}: no images")
     unmatched = [p.name for p in images if p.stem not in masks]

@@ -10,7 +10,8 @@ import numpy as np
 
 from monolayer.commands.evaluate import resolve
 from monolayer.errors import DataError, NoInputError
-from monolayer.io.images import load_image, normalize, read_image, resize_longest, to_grayscale
+from monolayer.io.images import load_image, normalize, resize_longest, to_grayscale
+from monolayer.io.masks import read_mask_array
 from monolayer.io.truth import truth_records
 
 
@@ -40,13 +41,7 @@ def read_labels(path: Path) -> np.ndarray:
     """
     from skimage.measure import label
 
-    array = np.asarray(read_image(path))
-    if array.ndim == 3 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim == 3 and array.shape[-1] in (3, 4):
-        array = array[..., :3].any(axis=-1)
-    if array.ndim != 2:
-        raise DataError(f"{path}: mask has shape {array.shape}, expected a 2-D image")
+    array = read_mask_array(path)
     if array.dtype.kind == "f":
         if not np.isfinite(array).all():
             raise DataError(f"{path}: mask holds NaN or infinite values")

@@ -130,11 +130,14 @@ def test_skip_existing_is_keyed_on_content_model_and_parameters(cli, tmp_path):
     tifffile.imwrite(folder / "img001.tif", blob_image(shape=(96, 128), centers=((20, 20),), seed=99))
     changed = cli("segment", folder, "--out", out, "--skip-existing")
     assert [bool(r.get("reused")) for r in changed.records] == [True, False, True]
+    # Other parameters into the same folder: refused, since the phase records already
+    # printed would otherwise name canny's masks.
     canny = cli("segment", folder, "--out", out, "--skip-existing", "--method", "canny")
-    assert not any(r.get("reused") for r in canny.records)
-    # The canny run wrote its own masks over the phase ones: the phase results are
-    # computed again rather than pointing at canny's files.
-    redo = cli("segment", folder, "--out", out, "--skip-existing")
+    assert canny.code == 2 and canny.stdout == "" and "--overwrite" in canny.stderr
+    canny = cli("segment", folder, "--out", out, "--skip-existing", "--method", "canny", "--overwrite")
+    assert canny.code == 0 and not any(r.get("reused") for r in canny.records)
+    # --overwrite deleted the phase run's files and journal: its results are computed again.
+    redo = cli("segment", folder, "--out", out, "--skip-existing", "--overwrite")
     assert [bool(r.get("reused")) for r in redo.records] == [False, False, False]
     # A removed mask is recomputed rather than pointed at.
     (out / "img000.mask.tif").unlink()

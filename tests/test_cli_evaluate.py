@@ -104,4 +104,7 @@ def test_bad_jsonl_names_file_and_line(cli, tmp_path):
     (tmp_path / "t").mkdir()
     tifffile.imwrite(tmp_path / "t" / "a.tif", np.ones((2, 2), np.uint8))
     run = cli("evaluate", tmp_path / "p.jsonl", "--truth", tmp_path / "t")
-    assert run.code == 65 and f"{tmp_path / 'p.jsonl'}:2: not valid JSON" in run.stderr
+    # Each bad line is an error record for that line; the batch goes on and fails at the end.
+    assert run.code == 1 and f"{tmp_path / 'p.jsonl'}:2: not valid JSON" in run.stderr
+    assert f"{tmp_path / 'p.jsonl'}:1: the record has no 'mask' field" in run.stderr
+    assert [r.get("exit_code") for r in run.records] == [65, 65, 66]

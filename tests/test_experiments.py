@@ -78,7 +78,9 @@ def test_movie_positions_from_manifests(cli, tmp_path):
     def manifest(name, strategy, picks):
         history = [{"round": 0, "strategy": "random", "picked": ["frame000.tif"]}]
         history += [{"round": r, "strategy": strategy, "picked": [{"image": p}]} for r, p in enumerate(picks, 1)]
-        doc = {"train": frames[:1], "test": [], "pool": frames[1:], "history": history}
+        train = frames[:1] + [{"image": p} for p in picks]
+        doc = {"schema": "monolayer.al-manifest/1", "seed": 0, "round": len(picks), "train": train,
+               "test": [], "pool": [f for f in frames[1:] if f["image"] not in picks], "history": history}
         (tmp_path / name).write_text(json.dumps(doc))
         return tmp_path / name
 

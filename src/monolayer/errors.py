@@ -10,9 +10,13 @@ Exit codes (documented in the README and the man pages):
 66    missing input (no such file, no images found)
 69    backend or weights unavailable
 70    internal error (a bug: please report it)
-74    I/O error while writing output
+73    an output folder or file cannot be created
+74    I/O error while writing output (disk full, stdout full or closed)
 75    temporary failure (another run holds the output lock)
+129   ended by SIGHUP (records written so far are complete; rerun with ``--skip-existing``)
 130   interrupted (Ctrl-C)
+141   the reader of stdout went away (``| head``): a quiet stop, workers ended first
+143   ended by SIGTERM (records written so far are complete; rerun with ``--skip-existing``)
 ====  =========================================================
 """
 
@@ -25,9 +29,12 @@ EXIT_DATA = 65
 EXIT_NO_INPUT = 66
 EXIT_UNAVAILABLE = 69
 EXIT_INTERNAL = 70
+EXIT_CANTCREAT = 73
 EXIT_IO = 74
 EXIT_TEMPFAIL = 75
 EXIT_INTERRUPTED = 130
+EXIT_PIPE = 141
+"""128 + SIGPIPE: what a shell reports for a pipeline stage whose reader went away."""
 
 
 class MonolayerError(Exception):
@@ -72,6 +79,22 @@ class OutputError(MonolayerError):
     """Writing an output file failed (disk full, permission denied, ...)."""
 
     exit_code = EXIT_IO
+
+
+class CantCreateError(MonolayerError):
+    """An output folder or file cannot be created (under a regular file, read-only parent, ...)."""
+
+    exit_code = EXIT_CANTCREAT
+
+
+class StdoutError(OutputError):
+    """stdout cannot take the records (``> /dev/full``, a device error)."""
+
+
+class PipeClosed(OutputError):
+    """The reader of stdout went away (``| head -1``): the run stops quietly, exit 141."""
+
+    exit_code = EXIT_PIPE
 
 
 class CheckFailed(MonolayerError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 from monolayer.backends import Backend, create_backend
 from monolayer.commands.segment import Job, SegmentOptions, process_chunk
 from monolayer.errors import UnavailableError, UsageError
+from monolayer.signals import critical
 
 EXECUTORS = ("local", "dask")
 CONNECT_TIMEOUT_S = 10
@@ -61,12 +63,49 @@ def run_chunk(recipe: Recipe, chunk: list[Job], options: SegmentOptions,
         raise UnavailableError(f"the worker loaded weights {here.get('weights_sha256')}, not the "
                                f"{model.get('weights_sha256')} of this run",
                                "workers must see the same weights file")
-    return process_chunk(chunk, backend, options, model, model_lock=lock)
+    return process_chunk(chunk, backend, options, model, model_lock=lock, cancel=_orphaned)
 
 
-def _init_local_worker() -> None:
-    # Ctrl-C goes to the whole process group; the parent decides what stops.
+class _Orphaned:
+    """``is_set()`` once the parent that started this local worker has gone: the
+    worker then writes nothing more (the parent's lock on OUT is no longer held)."""
+
+    parent: int | None = None
+
+    def is_set(self) -> bool:
+        return self.parent is not None and os.getppid() != self.parent
+
+
+_orphaned = _Orphaned()
+
+
+def _init_local_worker(parent: int | None = None) -> None:
+    # Ctrl-C and a terminal's hang-up go to the whole process group; the parent decides
+    # what stops, and ends its workers itself (Executor.close). SIGTERM keeps its default,
+    # so the pool can still end a worker it gave up on.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _orphaned.parent = parent
+    if parent is not None:
+        _die_with_parent()
+        if os.getppid() != parent:  # it died before the line above took effect
+            os._exit(1)
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel send this process SIGKILL when its parent dies, however
+    it dies (``kill -9`` included); elsewhere :class:`_Orphaned` stops its writes."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # no prctl here: the parent-pid check before each write remains
 
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -95,6 +134,8 @@ class Executor:
         self._client: Any = None
         self._threads: Any = None
         self._model_lock = threading.Lock()
+        # Set when the run is cancelled: the in-process I/O thread then writes no more.
+        self._cancelled = threading.Event()
         if kind == "dask":
             self._client = _dask_client(scheduler or "")
             self.window = 2 * max(1, sum(self._client.nthreads().values()))
@@ -111,7 +152,7 @@ class Executor:
             # BLAS's threads can deadlock.
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=self.jobs, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_local_worker)
+                initializer=_init_local_worker, initargs=(os.getpid(),))
             self.window = 2 * self.jobs
         else:
             import concurrent.futures
@@ -126,9 +167,13 @@ class Executor:
         if self._client is not None:
             return self._client.submit(run_chunk, self.recipe, chunk, options, model, pure=False)
         if self._pool is not None:
-            return self._pool.submit(run_chunk, self.recipe, chunk, options, model)
+            # Uninterrupted: a signal inside submit could leave a started worker the pool
+            # does not know of yet, which close() would then not end.
+            with critical():
+                return self._pool.submit(run_chunk, self.recipe, chunk, options, model)
         assert self.backend is not None and self._threads is not None
-        return self._threads.submit(process_chunk, chunk, self.backend, options, model, self._model_lock)
+        return self._threads.submit(process_chunk, chunk, self.backend, options, model, self._model_lock,
+                                    cancel=self._cancelled)
 
     def map_ordered(self, tasks: Iterable[tuple[Any, Callable[[], Any] | None]]) -> Iterator[tuple[Any, Any]]:
         """For each ``(tag, submit_or_None)``: yield ``(tag, result)`` in order, with at
@@ -144,18 +189,36 @@ class Executor:
             yield _settle(*pending.popleft())
 
     def close(self, cancel: bool = False) -> None:
-        if self._threads is not None:
-            self._threads.shutdown(wait=not cancel, cancel_futures=cancel)
-            self._threads = None
-        if self._pool is not None:
-            if cancel:
-                for process in list(getattr(self._pool, "_processes", {}).values()):
-                    process.terminate()
-            self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
-            self._pool = None
-        if self._client is not None:
+        """Finish (or with ``cancel``, stop) all work. Either way no worker of this
+        machine is left running or writing when it returns, so the caller may release
+        the output folder's lock. Signals wait until local work has stopped."""
+        with critical():
+            if self._threads is not None:
+                if cancel:
+                    self._cancelled.set()
+                # Always wait: a running chunk stops before its next write once cancelled.
+                self._threads.shutdown(wait=True, cancel_futures=cancel)
+                self._threads = None
+            if self._pool is not None:
+                if cancel:
+                    _end_processes(list(getattr(self._pool, "_processes", {}).values()))
+                self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
+                self._pool = None
+        if self._client is not None:  # a remote cluster: not waited for with signals held
             self._client.close()
             self._client = None
+
+
+def _end_processes(processes: list[Any], grace_s: float = 10.0) -> None:
+    """Terminate worker processes and wait until each is gone (SIGKILL after ``grace_s``)."""
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(grace_s)
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def _settle(tag: Any, future: Any) -> tuple[Any, Any]:
@@ -221,6 +284,14 @@ def run_segment(jobs: Iterable[Job], executor: Executor, options: SegmentOptions
         files = _output_files(record, root)
         if None in files.values() or files != entry.get("files"):
             return None  # removed or overwritten since: compute it again
+        for field in ("mask", "prob"):
+            if record.get(field) and record.get(f"{field}_sha256"):
+                try:
+                    same = sha256_file(os.path.join(root, os.path.basename(record[field]))) == record[f"{field}_sha256"]
+                except (OSError, MonolayerError):
+                    same = False
+                if not same:
+                    return None  # its bytes changed in place: compute it again
         outputs = {f: str(options.out / os.path.basename(record[f])) for f in ("mask", "prob") if record.get(f)}
         return {**record, **outputs, "image": job.image, "reused": True}
 
@@ -250,6 +321,11 @@ def run_segment(jobs: Iterable[Job], executor: Executor, options: SegmentOptions
                 continue
             record = computed[job.index]
             if journal is not None and "error" not in record:
-                journal.append(result_key(record["image_sha256"], key_model, result_options), record,
-                               _output_files(record, root))
+                try:
+                    journal.append(result_key(record["image_sha256"], key_model, result_options), record,
+                                   _output_files(record, root))
+                except MonolayerError as exc:
+                    # Not journaled, so a rerun could not trust it: this image failed (a full
+                    # disk, exit 74); the others go on, and --skip-existing computes it again.
+                    record = error_record(job.image, f"{job.image}: {exc}", exc.exit_code, model)
             yield record

@@ -34,16 +34,41 @@ def new_record(kind: str, **fields: Any) -> dict[str, Any]:
 def _clean(value: Any) -> Any:
     """Make a value JSON-safe: numpy scalars to Python, NaN/inf to None, paths to str."""
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {printable(str(k)): _clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
     if isinstance(value, Path):
-        return str(value)
+        value = str(value)
+    if isinstance(value, str):
+        return printable(value)
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         value = value.item()  # numpy scalar
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def printable(text: str) -> str:
+    """``text`` as valid Unicode: a file name that is not UTF-8 (held by Python as lone
+    surrogates) shows its odd bytes as ``\\xNN`` instead of making the record unwritable.
+
+    >>> printable("ok.tif"), printable("bad\\udcff.tif")
+    ('ok.tif', 'bad\\\\xff.tif')
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") \
+            if _only_escapes(text) else text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _only_escapes(text: str) -> bool:
+    try:
+        text.encode("utf-8", "surrogateescape")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def dumps(record: dict[str, Any]) -> str:
@@ -63,8 +88,12 @@ class RecordWriter:
         self.count = 0
 
     def write(self, record: dict[str, Any]) -> None:
-        self._stream.write(dumps(record) + "\n")
-        self._stream.flush()
+        from monolayer.signals import critical
+
+        line = dumps(record) + "\n"
+        with critical():  # a SIGTERM waits until the line is out: never half a record
+            self._stream.write(line)
+            self._stream.flush()
         self.count += 1
 
     def write_all(self, records: Iterable[dict[str, Any]]) -> None:
@@ -72,50 +101,115 @@ class RecordWriter:
             self.write(record)
 
 
-def _open_text(path: str | Path) -> IO[str]:
+MAX_DEPTH = 64
+"""Deepest nesting a record may have: monolayer writes at most 3 levels; deeper input is
+refused with a message instead of exhausting Python's recursion limit."""
+
+
+def _reject_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not a JSON number")
+
+
+def _check_strings(record: Any) -> str | None:
+    """Why a parsed record cannot be used (NUL bytes, lone surrogates, nesting), or None."""
+    from monolayer.schema import text_problem
+
+    stack: list[tuple[Any, int]] = [(record, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"nested more than {MAX_DEPTH} levels deep"
+        if isinstance(value, dict):
+            for key, item in value.items():
+                problem = text_problem(key)
+                if problem:
+                    return f"a key {problem}"
+                stack.append((item, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str):
+            problem = text_problem(value)
+            if problem:
+                return f"a string {problem}"
+    return None
+
+
+def parse_line(text: str, where: str) -> dict[str, Any]:
+    """One JSON Lines record, or :class:`DataError` naming ``where`` (``file:line``).
+
+    Stricter than :func:`json.loads`: ``NaN``/``Infinity`` tokens, a byte-order mark,
+    NUL bytes and lone surrogates in strings, and nesting deeper than
+    :data:`MAX_DEPTH` are refused, so no such value reaches a number or a path.
+    """
+    if text.startswith("\ufeff"):
+        raise DataError(f"{where}: starts with a byte-order mark (BOM)",
+                        "save the file as UTF-8 without BOM")
+    try:
+        record = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{where}: not valid JSON ({exc.msg})", "each line must be one JSON object") from None
+    except ValueError as exc:
+        raise DataError(f"{where}: not valid JSON ({exc})", "each line must be one JSON object") from None
+    except RecursionError:
+        raise DataError(f"{where}: nested too deeply to read") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    problem = _check_strings(record)
+    if problem:
+        raise DataError(f"{where}: {problem}")
+    return record
+
+
+def _open_binary(path: str | Path) -> IO[bytes]:
     if str(path) == "-":
-        return sys.stdin
+        return sys.stdin.buffer
     p = Path(path)
     if not p.exists():
         raise NoInputError(f"no such file: {p}", "check the path")
     if p.is_dir():
         raise DataError(f"{p} is a folder, not a JSON Lines file")
-    return p.open("r", encoding="utf-8")
+    try:
+        return p.open("rb")
+    except OSError as exc:
+        raise NoInputError(f"cannot open {p}: {exc.strerror or exc}") from None
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_jsonl(path: str | Path, *, errors: str = "raise") -> Iterator[tuple[int, Any]]:
     """Yield ``(line_number, record)`` from a JSON Lines file (``-`` is stdin), lazily.
 
-    Blank lines are skipped. A line that is not a JSON object raises
-    :class:`DataError` naming ``file:line``.
+    Blank lines are skipped. A bad line (see :func:`parse_line`, or not UTF-8)
+    raises :class:`DataError` naming ``file:line``; with ``errors="yield"`` the
+    error is yielded in the record's place instead, so a batch can record it for
+    that line and go on.
     """
     name = "<stdin>" if str(path) == "-" else str(path)
-    stream = _open_text(path)
+    stream = _open_binary(path)
     try:
-        for number, line in enumerate(stream, start=1):
-            text = line.strip()
-            if not text:
-                continue
+        for number, raw in enumerate(stream, start=1):
+            where = f"{name}:{number}"
             try:
-                record = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{name}:{number}: not valid JSON ({exc.msg})",
-                                "each line must be one JSON object") from None
-            except UnicodeDecodeError:
-                raise DataError(f"{name}:{number}: not UTF-8 text") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{name}:{number}: expected a JSON object, got {type(record).__name__}")
+                try:
+                    text = raw.decode("utf-8").strip(" \t\r\n")
+                except UnicodeDecodeError:
+                    raise DataError(f"{where}: not UTF-8 text") from None
+                if not text:
+                    continue
+                record = parse_line(text, where)
+            except DataError as exc:
+                if errors == "raise":
+                    raise
+                yield number, exc
+                continue
             yield number, record
-    except UnicodeDecodeError:
-        raise DataError(f"{name}: not UTF-8 text", "is this a JSON Lines file?") from None
     finally:
-        if stream is not sys.stdin:
+        if stream is not sys.stdin.buffer:
             stream.close()
 
 
-def iter_many(paths: Iterable[str | Path]) -> Iterator[tuple[str, int, dict[str, Any]]]:
-    """Yield ``(file_name, line_number, record)`` over several JSON Lines files in order."""
+def iter_many(paths: Iterable[str | Path], *, errors: str = "raise") -> Iterator[tuple[str, int, Any]]:
+    """Yield ``(file_name, line_number, record)`` over several JSON Lines files in order
+    (``errors`` as for :func:`iter_jsonl`)."""
     for path in paths:
         name = "<stdin>" if str(path) == "-" else str(path)
-        for number, record in iter_jsonl(path):
+        for number, record in iter_jsonl(path, errors=errors):
             yield name, number, record

@@ -123,7 +123,14 @@ def resolve(spec: str | None, backend: str) -> Weights:
         if not cached.is_file():
             raise UnavailableError(f"checkpoint {spec} is not in the cache ({cached})",
                                    f"run 'monolayer models fetch {spec}' or pass --weights FILE")
-        return Weights(path=cached, sha256=published.sha256, name=spec)
+        # Hashed like any file: a truncated or replaced cache file must not borrow the
+        # published checksum (records, and --skip-existing keys, carry it).
+        actual = sha256_file(cached)
+        if actual != published.sha256:
+            raise UnavailableError(f"cached {spec} ({cached}) has SHA-256 {actual[:12]}..., not the "
+                                   f"published {published.sha256[:12]}...",
+                                   f"run 'monolayer models fetch {spec} --force', or pass --weights FILE")
+        return Weights(path=cached, sha256=actual, name=spec)
     if path.exists():
         raise NoInputError(f"--weights {spec} is not a file")
     raise NoInputError(f"no such weights file: {spec}",

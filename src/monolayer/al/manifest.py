@@ -9,6 +9,7 @@ interrupted round leaves the previous state intact.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ import numpy as np
 from monolayer import __version__
 from monolayer.errors import DataError, NoInputError, UsageError
 from monolayer.io.atomic import write_text_atomic
+from monolayer.records import parse_line
+from monolayer.schema import check
 
 SCHEMA = "monolayer.al-manifest/1"
 STRATEGIES = ("entropy", "score", "random")
@@ -44,6 +47,7 @@ class Manifest:
         return {"train": len(self.train), "test": len(self.test), "pool": len(self.pool)}
 
     def save(self, path: Path) -> None:
+        check_disjoint({"pool": self.pool, "train": self.train, "test": self.test}, str(path))
         write_text_atomic(path, json.dumps(self.to_json(), indent=1) + "\n")
 
     @classmethod
@@ -51,13 +55,68 @@ class Manifest:
         if not path.is_file():
             raise NoInputError(f"no such manifest: {path}", "make one with 'monolayer al-round init'")
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}: not a JSON manifest ({exc})") from None
-        if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+            doc = parse_line(path.read_bytes().decode("utf-8").replace("\n", " "), str(path))
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: not UTF-8 text") from None
+        if doc.get("schema") != SCHEMA:
             raise DataError(f"{path}: not an al-round manifest (schema {SCHEMA} expected)")
-        return cls(seed=int(doc["seed"]), pool=doc["pool"], train=doc["train"], test=doc["test"],
-                   round=int(doc["round"]), history=doc["history"], source=doc.get("source", ""))
+        return cls.from_json(doc, str(path))
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any], where: str) -> Manifest:
+        """A manifest from its JSON, checked: types, and pool, train and test disjoint."""
+        for name in ("seed", "round"):
+            value = doc.get(name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise DataError(f"{where}: field {name!r} is {value!r:.40}, expected a non-negative integer")
+        sets: dict[str, list[dict[str, Any]]] = {}
+        for name in ("pool", "train", "test"):
+            records = doc.get(name)
+            if not isinstance(records, list):
+                raise DataError(f"{where}: field {name!r} is not a list of image records")
+            for i, record in enumerate(records):
+                if not isinstance(record, dict):
+                    raise DataError(f"{where}: {name}[{i}] is not an object")
+                check("truth", record, f"{where}: {name}[{i}]", require=("image",))
+            sets[name] = records
+        check_disjoint(sets, where)
+        history = doc.get("history")
+        if not isinstance(history, list) or not all(
+                isinstance(h, dict) and isinstance(h.get("round"), int) and isinstance(h.get("strategy"), str)
+                and isinstance(h.get("picked"), list) for h in history):
+            raise DataError(f"{where}: field 'history' is not a list of rounds (round, strategy, picked)")
+        trained = {_key(r) for r in sets["train"]}
+        for h in history:
+            for pick in h["picked"]:
+                name = pick.get("image") if isinstance(pick, dict) else pick
+                if not isinstance(name, str) or name not in trained:
+                    raise DataError(f"{where}: round {h['round']} picked {name!r:.80}, which is not in the "
+                                    "training set")
+        source = doc.get("source", "")
+        return cls(seed=doc["seed"], pool=sets["pool"], train=sets["train"], test=sets["test"],
+                   round=doc["round"], history=history, source=source if isinstance(source, str) else "")
+
+
+def identities(record: dict[str, Any]) -> set[str]:
+    """What identifies an image: its normalised path and, when known, its content's SHA-256,
+    so the same image named two ways (``a.tif``, ``./a.tif``) is still one image."""
+    found = {"path:" + os.path.normpath(str(record["image"]))}
+    if isinstance(record.get("image_sha256"), str):
+        found.add("sha256:" + record["image_sha256"])
+    return found
+
+
+def check_disjoint(sets: dict[str, list[dict[str, Any]]], where: str) -> None:
+    """Refuse an image that is in two of pool, train and test (or twice in one): a test
+    image must never be moved into training."""
+    owner: dict[str, str] = {}
+    for name, records in sets.items():
+        for record in records:
+            for ident in identities(record):
+                if ident in owner:
+                    raise DataError(f"{where}: image {record['image']!r:.120} is in {owner[ident]} and in {name}",
+                                    "pool, train and test must not share an image")
+                owner[ident] = name
 
 
 def _key(record: dict[str, Any]) -> str:
@@ -76,15 +135,23 @@ def init(images: list[dict[str, Any]], *, test_size: int, initial: int, seed: in
     if initial < 1:
         raise UsageError("--initial must be at least 1")
     seen: dict[str, dict[str, Any]] = {}
+    known: set[str] = set()
     for record in images:
-        seen.setdefault(_key(record), record)
+        ids = identities(record)
+        if ids & known:
+            continue  # the same image listed twice (by path or content): once is enough
+        known |= ids
+        seen[_key(record)] = record
     ordered = sorted(seen.values(), key=_key)
     if test is not None:
-        wanted = {_key(r) for r in test}
-        missing = wanted - seen.keys()
-        if missing:
-            raise DataError(f"{len(missing)} test image(s) are not among --images, e.g. {sorted(missing)[0]}")
-        test_set = [r for r in ordered if _key(r) in wanted]
+        wanted: set[str] = set()
+        for record in test:
+            ids = identities(record)
+            if not ids & known:
+                raise DataError(f"test image {record['image']!r:.120} is not among --images",
+                                "every test image must be one of the labelled images")
+            wanted |= ids
+        test_set = [r for r in ordered if identities(r) & wanted]
     else:
         if test_size < 0:
             raise UsageError("--test-size must not be negative")
@@ -95,6 +162,7 @@ def init(images: list[dict[str, Any]], *, test_size: int, initial: int, seed: in
         test_set = sorted(by_distance[:test_size], key=_key)
     test_keys = {_key(r) for r in test_set}
     rest = [r for r in ordered if _key(r) not in test_keys]
+    check_disjoint({"test": test_set, "rest": rest}, "al-round init")
     if initial > len(rest):
         raise UsageError(f"--initial {initial} is more than the {len(rest)} images left after the test set")
     rng = np.random.default_rng(seed)

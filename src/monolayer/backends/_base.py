@@ -27,6 +27,9 @@ class Prediction:
     """Per-pixel float32 map in [0, 1] (a probability for learned models), or None."""
     extras: dict[str, Any] = field(default_factory=dict)
     """Backend-specific record fields (e.g. instance count, mean instance confidence)."""
+    threshold: float | None = None
+    """Set where the mask is by definition ``score >= threshold``: a mask scaled back to the
+    image's size is then the scaled score thresholded, so the two saved files agree."""
 
 
 class Backend(ABC):

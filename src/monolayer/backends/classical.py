@@ -85,8 +85,10 @@ class ClassicalBackend(Backend):
             return Prediction(mask=canny_mask(image, self.params), score=None)
         from monolayer.backends.phase import segment_phase
 
+        from monolayer.backends.phase import SCORE_THRESHOLD
+
         mask, score = segment_phase(image, self.params)
-        return Prediction(mask=mask, score=score)
+        return Prediction(mask=mask, score=score, threshold=SCORE_THRESHOLD)
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.name, "method": self.method, "params": asdict(self.params),

@@ -119,7 +119,7 @@ def detect(model: MaskRCNN, images: list[np.ndarray], device: torch.device, thre
             score_map = prob.cpu().numpy().astype(np.float32, copy=False)
             n = int(scores.numel())
             out.append(Prediction(
-                mask=score_map >= np.float32(threshold), score=score_map,
+                mask=score_map >= np.float32(threshold), score=score_map, threshold=threshold,
                 extras={"instances": n, "mean_confidence": float(scores.mean()) if n else None}))
     return out
 

@@ -26,6 +26,9 @@ from scipy import ndimage as ndi
 
 from monolayer.morphology import fill_holes, remove_small_objects
 
+SCORE_THRESHOLD = 0.5
+"""The score is moved so that ``mask == (score >= SCORE_THRESHOLD)`` holds exactly."""
+
 
 @dataclass(frozen=True)
 class PhaseParams:
@@ -112,5 +115,5 @@ def segment_phase(image: np.ndarray, params: PhaseParams = PhaseParams()) -> tup
         mask = fill_holes(mask & ~bright, params.max_hole)
     mask = remove_small_objects(mask, params.min_size)
     score = np.clip(texture / np.float32(2.0 * threshold), 0.0, 1.0)
-    score = np.where(mask, np.maximum(score, np.float32(0.5)), np.minimum(score, np.float32(0.499)))
+    score = np.where(mask, np.maximum(score, np.float32(SCORE_THRESHOLD)), np.minimum(score, np.float32(0.499)))
     return mask, score.astype(np.float32)

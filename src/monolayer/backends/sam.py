@@ -226,7 +226,8 @@ class SamBackend(TorchBackend):
         for i, image in enumerate(images):
             if i not in probs:
                 probs[i] = self._tiled(image)
-        return [Prediction(mask=probs[i] >= self.threshold, score=probs[i]) for i in range(len(images))]
+        return [Prediction(mask=probs[i] >= self.threshold, score=probs[i], threshold=self.threshold)
+                for i in range(len(images))]
 
     def describe(self) -> dict[str, Any]:
         params = {"mode": self.mode, "threshold": self.threshold, "variant": self.arch.variant,

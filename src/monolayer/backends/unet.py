@@ -235,7 +235,7 @@ class UNetBackend(TorchBackend):
 
     def _prediction(self, prob: np.ndarray) -> Prediction:
         prob = np.ascontiguousarray(prob, dtype=np.float32)
-        return Prediction(mask=prob >= np.float32(self.threshold), score=prob)
+        return Prediction(mask=prob >= np.float32(self.threshold), score=prob, threshold=self.threshold)
 
     def predict(self, image: np.ndarray) -> Prediction:
         image = np.asarray(image, dtype=np.float32)

@@ -10,6 +10,7 @@ import typer
 
 from monolayer.al.manifest import Manifest, init as init_manifest, next_round
 from monolayer.cli.common import INPUT, OUTPUT, cli_errors, say_warning
+from monolayer.io.atomic import present
 from monolayer.records import RecordWriter, iter_jsonl
 
 app = typer.Typer(help="Active-learning rounds: move the most uncertain (or random) pool images "
@@ -29,14 +30,22 @@ class Part(str, enum.Enum):
     pool = "pool"
 
 
-def _records(path: Path) -> list[dict]:
-    return [r for _, r in iter_jsonl(path) if "error" not in r]
+def _records(path: Path, kind: str, require: tuple[str, ...]) -> list[dict]:
+    """Records of ``kind`` from a JSON Lines file, each checked; error records are skipped."""
+    from monolayer.schema import check
+
+    records = []
+    for number, record in iter_jsonl(path):
+        check(kind, record, f"{path}:{number}", require=require)
+        if "error" not in record:
+            records.append(record)
+    return records
 
 
 def _test_records(path: Path) -> list[dict]:
     from monolayer.io.truth import truth_records
 
-    return truth_records(path, with_confluence=False) if path.is_dir() else _records(path)
+    return truth_records(path, with_confluence=False) if path.is_dir() else _records(path, "truth", ("image",))
 
 
 
@@ -58,16 +67,16 @@ def init(
                                               "Lines naming them, or a folder with images/ and masks/.",
                                               rich_help_panel=INPUT)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the initial draw and of random rounds.")] = 0,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing manifest.")] = False,
+    force: Annotated[bool, typer.Option("--overwrite", "--force", help="Replace an existing manifest.")] = False,
 ) -> None:
     """Make a manifest: test set, random initial training set, pool. Prints the training set.
 
     Example: monolayer al-round init --images truth.jsonl --test-size 2 --initial 2 --seed 1 -o rep1.json
     """
-    if out.exists() and not force:
+    if present(out) and not force:
         from monolayer.errors import UsageError
 
-        raise UsageError(f"{out} exists", "use --force to start this repeat again")
+        raise UsageError(f"{out} exists", "use --overwrite to start this repeat again")
     from monolayer.io.truth import truth_records
 
     manifest = init_manifest(truth_records(images), test_size=test_size, initial=initial, seed=seed,
@@ -93,7 +102,7 @@ def next_command(
     """
     manifest = Manifest.load(manifest_path)
     moved = next_round(manifest, strategy=strategy.value, k=k,
-                       ranked=_records(ranked) if ranked else None)
+                       ranked=_records(ranked, "rank", ("image", "rank")) if ranked else None)
     manifest.save(manifest_path)
     if len(moved) < k:
         say_warning(f"only {len(moved)} image(s) were left in the pool")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from typing import Annotated
 
@@ -12,8 +11,11 @@ from monolayer import __version__
 from monolayer.cli import (
     al_round, cellpose_thresholds, coco2mask, entropy_rank, evaluate, models, segment, stats, train,
 )
+from monolayer import signals
 from monolayer.cli.common import say_error, state
-from monolayer.errors import EXIT_INTERRUPTED
+from monolayer.cli.streams import guard_stdout, release_stdout
+from monolayer.errors import EXIT_INTERRUPTED, EXIT_IO, MonolayerError, PipeClosed
+from monolayer.signals import Terminated
 
 app = typer.Typer(
     name="monolayer",
@@ -57,14 +59,42 @@ app.command("cellpose-thresholds")(cellpose_thresholds.cellpose_thresholds)
 
 def main() -> None:
     """Console-script entry point."""
-    # Die quietly when the reader of a pipe goes away (`monolayer ... | head`).
-    if hasattr(signal, "SIGPIPE"):
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    if sys.stdout is None:
+        # Started with stdout closed (`>&-`): the first file opened would become
+        # descriptor 1 and records would go into it. Stop before any work.
+        say_error("stdout is closed (give it a file or a pipe, e.g. '> records.jsonl' or '> /dev/null')")
+        sys.exit(EXIT_IO)
+    guard_stdout()
+    # SIGTERM/SIGHUP/SIGINT raise in the main thread (workers are ended and the lock
+    # released on the way out), never in the middle of a record; SIGPIPE is ignored so a
+    # closed pipe is an error to clean up after, then a quiet exit 141.
+    signals.install()
+    try:
+        code = _run()
+    finally:
+        signals.restore()
+    failed = release_stdout()
+    if failed is not None and not code:
+        if not isinstance(failed, PipeClosed):
+            say_error(str(failed))
+        code = failed.exit_code
+    sys.exit(code)
+
+
+def _run() -> int:
     try:
         code = app(prog_name="monolayer", standalone_mode=False)
     except typer.Abort:
         say_error("interrupted")
-        sys.exit(EXIT_INTERRUPTED)
+        return EXIT_INTERRUPTED
+    except Terminated as exc:  # arrived outside a command (while parsing, say)
+        say_error(f"terminated by {exc.name}")
+        return exc.exit_code
+    except PipeClosed as exc:
+        return exc.exit_code
+    except MonolayerError as exc:  # stdout failed outside a command (--help, --version)
+        say_error(str(exc))
+        return exc.exit_code
     except Exception as exc:
         # The parser's usage errors: one line with a hint instead of a boxed panel,
         # so cron logs and `2>&1 | grep` see the same shape as every other error.
@@ -74,6 +104,6 @@ def main() -> None:
             message = exc.format_message()
             if message:  # empty when the help was shown for a bare `monolayer`
                 say_error(f"{message} (see '{where} --help')")
-            sys.exit(exc.exit_code)
+            return exc.exit_code
         raise
-    sys.exit(code if isinstance(code, int) else 0)
+    return code if isinstance(code, int) else 0

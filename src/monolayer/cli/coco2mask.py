@@ -14,6 +14,10 @@ from monolayer.cli.common import (
 from monolayer.coco import load_coco
 from monolayer.commands.coco2mask import Coco2MaskOptions, coco_to_masks
 from monolayer.errors import UsageError
+from monolayer.io.images import sha256_file
+from monolayer.io.atomic import ensure_folder, present
+from monolayer.io.journal import output_lock
+from monolayer.io.provenance import claim_folder, noting_outputs
 
 
 @cli_errors
@@ -32,6 +36,9 @@ def coco2mask(
     binary: Annotated[bool, typer.Option(
         "--binary", help="Also write a 0/1 foreground mask, STEM.binary.tif.",
         rich_help_panel=OUTPUT)] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="OUT holds another conversion's masks (other annotations, --lazy or "
+        "--binary): delete them first, instead of refusing.", rich_help_panel=OUTPUT)] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on stderr.",
                                         rich_help_panel=OUTPUT)] = False,
 ) -> None:
@@ -49,17 +56,24 @@ def coco2mask(
     """
     if images is not None and not images.is_dir():
         raise UsageError(f"--images {images} is not a folder")
-    if out.exists() and not out.is_dir():
+    if present(out) and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
     started = time.perf_counter()
     coco = load_coco(annotations)
     for warning in coco.warnings:
         say_warning(warning)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_folder(out)
     options = Coco2MaskOptions(out=out, images=images, lazy=lazy, binary=binary)
     tally = Tally()
-    with progress(len(coco.images), "coco2mask", quiet) as bar:
-        task = bar.add_task("coco2mask", total=len(coco.images))
-        for _ in write_records(coco_to_masks(coco, options), tally):
-            bar.advance(task)
+    fingerprint = {"annotations_sha256": sha256_file(annotations), "lazy": lazy, "binary": binary,
+                   "images": str(images.resolve()) if images is not None else None}
+    with output_lock(out):
+        removed = claim_folder(out, "coco2mask", fingerprint, overwrite=overwrite)
+        if removed and not quiet:
+            say_warning(f"--overwrite: deleted {removed} file(s) of the previous run in {out}")
+        with progress(len(coco.images), "coco2mask", quiet) as bar:
+            task = bar.add_task("coco2mask", total=len(coco.images))
+            records = noting_outputs(out, coco_to_masks(coco, options), ("mask", "binary"))
+            for _ in write_records(records, tally):
+                bar.advance(task)
     finish(tally, "coco2mask", quiet, time.perf_counter() - started)

@@ -16,9 +16,13 @@ from monolayer.errors import (
     EXIT_INTERRUPTED,
     EXIT_ITEMS_FAILED,
     EXIT_OK,
+    EXIT_PIPE,
     MonolayerError,
+    PipeClosed,
 )
 from monolayer.records import RecordWriter
+from monolayer.signals import Terminated, critical
+from monolayer.schema import item_exit_code
 
 PROG = "monolayer"
 
@@ -52,12 +56,24 @@ def stderr_console() -> Console:
     return console
 
 
+def _say(line: str) -> None:
+    # stderr gone too (`2>&1 | head`, a closed descriptor): there is nowhere to say it,
+    # and failing here would turn the real exit code into a traceback. (With stderr
+    # None, print would fall back to stdout, which carries data only.)
+    if sys.stderr is None:
+        return
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass
+
+
 def say_error(message: str) -> None:
-    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    _say(f"{PROG}: error: {message}")
 
 
 def say_warning(message: str) -> None:
-    print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
+    _say(f"{PROG}: warning: {message}")
 
 
 def cli_errors(func: F) -> F:
@@ -69,6 +85,13 @@ def cli_errors(func: F) -> F:
             return func(*args, **kwargs)
         except typer.Exit:
             raise
+        except PipeClosed:
+            # The reader of stdout went away (`| head`): the command has cleaned up on
+            # the way here; stop quietly, as a shell pipeline expects.
+            raise typer.Exit(EXIT_PIPE) from None
+        except Terminated as exc:
+            say_error(f"terminated by {exc.name}; records written so far are complete")
+            raise typer.Exit(exc.exit_code) from None
         except MonolayerError as exc:
             if state.debug:
                 traceback.print_exc()
@@ -109,9 +132,10 @@ def write_records(records: Iterable[dict[str, Any]], tally: Tally,
     """Write each record to stdout as it comes; report error records on stderr; pass records on."""
     out = writer or RecordWriter()
     for record in records:
-        out.write(record)
+        with critical():  # a signal waits until the line is out: never half a record
+            out.write(record)
         if "error" in record:
-            tally.failed.append(int(record.get("exit_code", EXIT_ITEMS_FAILED)))
+            tally.failed.append(item_exit_code(record.get("exit_code", EXIT_ITEMS_FAILED)))
             say_error(record["error"])
         else:
             tally.ok += 1

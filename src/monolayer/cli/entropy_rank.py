@@ -28,6 +28,6 @@ def entropy_rank(
     Example: monolayer segment pool/ -m unet -w model.pt -o pred/ --save-prob | monolayer entropy-rank > ranked.jsonl
     """
     tally = Tally()
-    for _ in write_records(rank(iter_many(files or ["-"])), tally):
+    for _ in write_records(rank(iter_many(files or ["-"], errors="yield")), tally):
         pass
     finish(tally, "entropy-rank", quiet)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +16,7 @@ from monolayer.commands.evaluate import SUMMARY_FIELDS, evaluate as run_evaluate
 from monolayer.commands.evaluate import load_truth, predictions_from, summary
 from monolayer.errors import EXIT_ITEMS_FAILED, UsageError
 from monolayer.io.atomic import write_text_atomic
+from monolayer.schema import reserved_fields, text_problem
 
 
 def parse_check(spec: str, default_metric: str) -> tuple[str, float]:
@@ -24,9 +26,13 @@ def parse_check(spec: str, default_metric: str) -> tuple[str, float]:
     if metric not in SUMMARY_FIELDS:
         raise UsageError(f"unknown metric {metric!r} in {spec!r}", f"use one of: {', '.join(SUMMARY_FIELDS)}")
     try:
-        return metric, float(value)
+        limit = float(value)
     except ValueError:
         raise UsageError(f"{spec!r}: {value!r} is not a number", "write METRIC=VALUE, e.g. iou=0.8") from None
+    if not math.isfinite(limit):
+        # A NaN limit makes every comparison false: the check could never fail.
+        raise UsageError(f"{spec!r}: the limit must be a finite number", "write METRIC=VALUE, e.g. iou=0.8")
+    return metric, limit
 
 
 def parse_tag(spec: str) -> tuple[str, Any]:
@@ -34,13 +40,20 @@ def parse_tag(spec: str) -> tuple[str, Any]:
     key, sep, value = spec.partition("=")
     if not sep or not key:
         raise UsageError(f"--tag {spec!r}: write KEY=VALUE")
-    if key in ("schema", "version", "image", "error"):
-        raise UsageError(f"--tag {key} would overwrite a field evaluate writes")
+    if key in reserved_fields("eval"):
+        raise UsageError(f"--tag {key} would overwrite a field evaluate computes",
+                         "choose another name, e.g. --tag run=... or --tag strategy=...")
+    problem = text_problem(key) or text_problem(value)
+    if problem:
+        raise UsageError(f"--tag {spec!r}: {problem}")
     for kind in (int, float):
         try:
-            return key, kind(value)
+            number = kind(value)
         except ValueError:
-            pass
+            continue
+        if isinstance(number, float) and not math.isfinite(number):
+            break  # "nan" and "inf" stay text: JSON has no such numbers
+        return key, number
     return key, value
 
 

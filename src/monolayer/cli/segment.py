@@ -17,7 +17,9 @@ from monolayer.cli.common import (
 )
 from monolayer.commands.segment import SegmentOptions, in_shard, parse_shard, plan_jobs
 from monolayer.executors import EXECUTORS, Executor, Recipe, check_executor, run_segment
+from monolayer.io.atomic import ensure_folder, present
 from monolayer.io.journal import Journal, output_lock
+from monolayer.io.provenance import claim_folder, noting_outputs
 from monolayer.devices import DEVICES, PRECISIONS
 from monolayer.errors import NoInputError, UsageError
 from monolayer.io.inputs import expand_inputs
@@ -74,6 +76,15 @@ def portable(options: dict[str, Any]) -> dict[str, Any]:
     if options.get("thresholds_file") is not None:
         options["thresholds_file"] = Path(options["thresholds_file"]).resolve()
     return options
+
+
+def run_fingerprint(described: dict[str, Any], options: SegmentOptions) -> dict[str, Any]:
+    """What determines segment's output files: model, method, parameters, weights (by
+    checksum) and the reading options. Batch size, paths and --save-prob do not."""
+    params = {k: v for k, v in (described.get("params") or {}).items() if k != "batch_size"}
+    return {"model": described.get("model"), "method": described.get("method"), "params": params,
+            "weights_sha256": described.get("weights_sha256"), "page": options.page,
+            "resize": options.resize}
 
 
 def _diameter(value: str, truth: list[Path] | None) -> float:
@@ -188,6 +199,10 @@ def segment(
     scheduler: Annotated[str | None, typer.Option(
         "--scheduler", help="--executor dask: the scheduler's address, e.g. tcp://head:8786.",
         rich_help_panel=BATCH, show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="OUT holds another run's outputs (other model, parameters or weights): "
+        "delete them first, instead of refusing. A rerun with the same settings needs no flag.",
+        rich_help_panel=OUTPUT)] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on stderr.",
                                         rich_help_panel=OUTPUT)] = False,
 ) -> None:
@@ -209,7 +224,7 @@ def segment(
 
     Example (nightly): monolayer segment /data/today --out /data/masks --skip-existing > today.jsonl
     """
-    if out.exists() and not out.is_dir():
+    if present(out) and not out.is_dir():
         raise UsageError(f"--out {out} exists and is not a folder")
     given = {"method": method, "weights": weights, "mode": mode, "threshold": threshold, "tile": tile,
              "points_per_side": points_per_side, "diameter": diameter, "truth": truth,
@@ -226,7 +241,7 @@ def segment(
         raise NoInputError("no input images", "name image files or folders, or - for stdin")
     if shard_spec is not None:
         jobs_list = [job for job in jobs_list if in_shard(job, shard_spec)]
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_folder(out)
     seg_options = SegmentOptions(out=out, save_prob=save_prob, page=page, resize=resize,
                                  root=str(out.resolve()))
     tally = Tally()
@@ -237,6 +252,9 @@ def segment(
         if save_prob and backend.score_kind is None:
             say_warning("--save-prob: this method produces no score map; only masks are written")
         described = backend.describe()
+        removed = claim_folder(out, "segment", run_fingerprint(described, seg_options), overwrite=overwrite)
+        if removed and not quiet:
+            say_warning(f"--overwrite: deleted {removed} file(s) of the previous run in {out}")
         journal = Journal(out, "segment")
         pool = Executor(executor.value, jobs=jobs, scheduler=scheduler,
                         recipe=Recipe(model.value, portable(options)), backend=backend)
@@ -247,7 +265,7 @@ def segment(
                 task = bar.add_task("segment", total=len(jobs_list))
                 records = run_segment(jobs_list, pool, seg_options, described, chunk_size=backend.batch_size,
                                       journal=journal, skip_existing=skip_existing)
-                for record in write_records(records, tally):
+                for record in write_records(noting_outputs(out, records, ("mask", "prob")), tally):
                     bar.advance(task)
                     reused += bool(record.get("reused"))
                     if fail_fast and "error" in record:

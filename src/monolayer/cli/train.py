@@ -10,6 +10,7 @@ import typer
 from monolayer.cli.common import HARDWARE, INPUT, MODEL, OUTPUT, cli_errors, progress
 from monolayer.cli.segment import Device, ModelName
 from monolayer.errors import UsageError
+from monolayer.io.atomic import ensure_folder, present
 from monolayer.records import RecordWriter
 
 TRAINERS = {
@@ -70,7 +71,9 @@ def train(
     device: Annotated[Device, typer.Option("--device", help="Where to train.",
                                            rich_help_panel=HARDWARE)] = Device.auto,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (the paper: 100).")] = 100,
-    restart: Annotated[bool, typer.Option("--restart", help="Ignore OUT.state and start from epoch 1.")] = False,
+    restart: Annotated[bool, typer.Option("--restart", "--overwrite", help="Start from epoch 1, replacing "
+                                          "OUT and OUT.state (without it an existing OUT is resumed if "
+                                          "OUT.state matches these options, else refused).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
 ) -> None:
     """Train a model on labelled images; one JSON log record per epoch on stdout.
@@ -90,8 +93,15 @@ def train(
     if model.value not in TRAINERS:
         raise UsageError(f"--model {model.value} has no weights to train",
                          f"trainable: {', '.join(TRAINERS)}")
-    if out.exists() and out.is_dir():
+    if present(out) and out.is_dir():
         raise UsageError(f"--out {out} is a folder; give a checkpoint file name")
+    from monolayer.training.loop import state_path
+
+    if present(out) and not state_path(out).exists() and not restart:
+        # Only a checkpoint this training configuration is writing may be replaced silently.
+        raise UsageError(f"{out} exists and is not a checkpoint of an unfinished run of this training "
+                         f"(no {state_path(out).name} beside it)",
+                         "choose another -o, or --overwrite to replace it")
     if lr is not None and not lr > 0:
         raise UsageError(f"--lr must be positive, not {lr}")
     given = {"patch": patch, "crops_per_image": crops_per_image, "base_channels": base_channels,
@@ -119,7 +129,7 @@ def train(
     train_pairs = load_pairs(train_set, resize)
     val_pairs = load_pairs(val, resize) if val else None
     writer = RecordWriter()
-    out.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(out.parent, file_name=out.name)
     with progress(epochs, "train", quiet) as bar:
         task = bar.add_task(f"train {model.value}", total=epochs)
 

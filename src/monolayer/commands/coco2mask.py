@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from monolayer.coco import CocoFile, CocoImage, rasterize, safe_stem
-from monolayer.commands._naming import inside
+from monolayer.commands._naming import OutputNamer, inside
 from monolayer.errors import EXIT_DATA, DataError, MonolayerError
 from monolayer.io.images import image_size, sha256_file
 from monolayer.io.masks import write_binary_mask, write_label_image
@@ -39,16 +39,11 @@ def _image_path(images: Path, file_name: str) -> Path:
 
 
 def _stems(coco: CocoFile) -> dict[int, str]:
-    """A unique, safe output stem for every image entry (by position)."""
-    taken: set[str] = set()
-    stems: dict[int, str] = {}
-    for index, image in enumerate(coco.images):
-        stem = safe_stem(image.file_name, image.id)
-        if stem in taken:
-            stem = safe_stem(f"{stem}-{image.id}", image.id)
-        taken.add(stem)
-        stems[index] = stem
-    return stems
+    """A unique, safe output stem for every image entry (by position), from the same
+    namer segment uses."""
+    namer = OutputNamer()
+    return {index: namer.stem(image.file_name, f"{index}:{image.id!r}", fallback_id=image.id)
+            for index, image in enumerate(coco.images)}
 
 
 def _convert(image: CocoImage, stem: str, options: Coco2MaskOptions,
@@ -65,18 +60,20 @@ def _convert(image: CocoImage, stem: str, options: Coco2MaskOptions,
         fields = {"image": image.file_name}
     result = rasterize(image, lazy=options.lazy)
     mask_path = inside(options.out, f"{stem}.labels.tif")
-    write_label_image(mask_path, result.labels)
-    binary_path = None
+    mask_sha256 = write_label_image(mask_path, result.labels)
+    binary_path = binary_sha256 = None
     if options.binary:
         binary_path = inside(options.out, f"{stem}.binary.tif")
-        write_binary_mask(binary_path, result.labels > 0)
+        binary_sha256 = write_binary_mask(binary_path, result.labels > 0)
     return new_record(
         KIND,
         **fields,
         image_id=image.id,
         file_name=image.file_name,
         mask=str(mask_path),
+        mask_sha256=mask_sha256,
         binary=str(binary_path) if binary_path else None,
+        binary_sha256=binary_sha256,
         width=image.width,
         height=image.height,
         instances=result.instances,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,9 @@ from monolayer.coco import load_coco, rasterize, safe_stem
 from monolayer.errors import EXIT_DATA, EXIT_NO_INPUT, DataError, MonolayerError, NoInputError
 from monolayer.io.masks import index_mask_folder, read_mask
 from monolayer.metrics import compare
+from monolayer.io.provenance import verify_file
 from monolayer.records import iter_jsonl, new_record
+from monolayer.schema import check, error_code
 from monolayer.stats import summarize
 
 KIND = "eval"
@@ -44,6 +47,12 @@ def _real(path: str | None) -> str | None:
 
 def _stem(path: str) -> str:
     return safe_stem(path, "")
+
+
+def _key_stem(key: str) -> str:
+    """A mask folder's key (a file name less its suffixes) by segment's naming rule, so
+    truth ``well A1.tif`` and prediction ``well_A1.mask.tif`` meet under ``well_A1``."""
+    return safe_stem(f"{key}.tif", "")
 
 
 @dataclass
@@ -90,19 +99,23 @@ class TruthIndex:
         return None, "no ground truth for this image"
 
 
+def _verified_mask(path: Path, sha256: str | None, where: str) -> np.ndarray:
+    verify_file(path, sha256, where, "mask_sha256")
+    return read_mask(path)
+
+
 def _add_jsonl(index: TruthIndex, path: Path) -> None:
     for number, record in iter_jsonl(path):
+        where = f"{path}:{number}"
+        check("truth", record, where, require=("mask",))
         if "error" in record:
             continue
-        mask = record.get("mask")
+        mask = record["mask"]
         image = record.get("image")
-        if not isinstance(mask, str):
-            raise DataError(f"{path}:{number}: truth record has no 'mask' field",
-                            "expected coco2mask output")
         mask_path = resolve(mask, path.parent)
         name = image if isinstance(image, str) else mask
         index.add(TruthEntry(ref=str(mask_path), stem=_stem(name),
-                             load=lambda p=mask_path: read_mask(p),
+                             load=lambda p=mask_path, s=record.get("mask_sha256"), w=where: _verified_mask(p, s, w),
                              image=str(resolve(image, path.parent)) if isinstance(image, str) else None,
                              sha256=record.get("image_sha256")))
 
@@ -123,7 +136,7 @@ def _add_folder(index: TruthIndex, folder: Path) -> None:
     if not masks:
         raise NoInputError(f"{folder}: folder holds no masks")
     for stem, mask_path in masks.items():
-        index.add(TruthEntry(ref=str(mask_path), stem=stem, load=lambda p=mask_path: read_mask(p)))
+        index.add(TruthEntry(ref=str(mask_path), stem=_key_stem(stem), load=lambda p=mask_path: read_mask(p)))
 
 
 def _is_coco(path: Path) -> bool:
@@ -160,6 +173,8 @@ class Prediction:
     fields: dict[str, Any]
     error: str | None = None
     exit_code: int = EXIT_DATA
+    mask_sha256: str | None = None
+    where: str = ""
 
 
 def predictions_from(source: str) -> Iterator[Prediction]:
@@ -169,28 +184,37 @@ def predictions_from(source: str) -> Iterator[Prediction]:
         masks = index_mask_folder(path)
         if not masks:
             raise NoInputError(f"{path}: folder holds no masks")
-        for stem, mask_path in masks.items():
-            yield Prediction(image=None, sha256=None, stem=stem, mask=mask_path, fields={})
+        stems = {mask_path: _key_stem(stem) for stem, mask_path in masks.items()}
+        named = Counter(stems.values())
+        for mask_path, stem in stems.items():
+            if named[stem] > 1:  # 'a b.tif' and 'a_b.tif': either could be scored as the other
+                yield Prediction(image=str(mask_path), sha256=None, stem=stem, mask=None, fields={},
+                                 error=f"{mask_path}: {named[stem]} prediction masks are named "
+                                 f"{stem!r}; cannot tell which")
+            else:
+                yield Prediction(image=None, sha256=None, stem=stem, mask=mask_path, fields={})
         return
     base = None if source == "-" else path.parent
-    for number, record in iter_jsonl(source):
+    for number, record in iter_jsonl(source, errors="yield"):
+        where = f"{'<stdin>' if source == '-' else source}:{number}"
+        try:
+            if isinstance(record, DataError):
+                raise record
+            check("segment", record, where, require=("mask",))
+        except DataError as exc:
+            yield Prediction(image=where, sha256=None, stem="", mask=None, fields={}, error=str(exc))
+            continue
         image = record.get("image")
-        where = f"{source}:{number}"
         name = image if isinstance(image, str) else where
         carried = {k: record[k] for k in ("model", "method") if k in record}
         if "error" in record:
             yield Prediction(image=name, sha256=None, stem=_stem(name), mask=None, fields=carried,
-                             error=f"prediction failed: {record['error']}",
-                             exit_code=int(record.get("exit_code", EXIT_DATA)))
-            continue
-        mask = record.get("mask")
-        if not isinstance(mask, str):
-            yield Prediction(image=name, sha256=None, stem=_stem(name), mask=None, fields=carried,
-                             error=f"{where}: record has no 'mask' field")
+                             error=f"prediction failed: {record['error']}", exit_code=error_code(record))
             continue
         yield Prediction(image=image if isinstance(image, str) else None,
                          sha256=record.get("image_sha256"), stem=_stem(name),
-                         mask=resolve(mask, base), fields=carried)
+                         mask=resolve(record["mask"], base), fields=carried,
+                         mask_sha256=record.get("mask_sha256"), where=where)
 
 
 def evaluate(predictions: Iterable[Prediction], truth: TruthIndex,
@@ -215,6 +239,7 @@ def evaluate(predictions: Iterable[Prediction], truth: TruthIndex,
             continue
         entry.used = True
         try:
+            verify_file(pred.mask, pred.mask_sha256, pred.where, "mask_sha256")
             predicted = read_mask(pred.mask)
             true = entry.load()
             if predicted.shape != true.shape:

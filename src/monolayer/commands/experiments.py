@@ -45,7 +45,14 @@ def per_run_means(records: Iterable[tuple[str, int, dict[str, Any]]], metric: st
             if tag not in record:
                 raise DataError(f"{where}: record has no {tag!r} field",
                                 f"tag evaluations: monolayer evaluate ... --tag {tag}=VALUE")
-        sums[(record[group], int(record["round"]), record["repeat"])].append(_number(record, metric, where))
+        rnd = record["round"]
+        if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 0:
+            raise DataError(f"{where}: field 'round' is {rnd!r:.60}, expected a round number (0, 1, ...)")
+        for tag in (group, "repeat"):
+            if not isinstance(record[tag], (str, int, float, bool)):
+                raise DataError(f"{where}: field {tag!r} is {type(record[tag]).__name__}, expected a "
+                                "string or number")
+        sums[(record[group], rnd, record["repeat"])].append(_number(record, metric, where))
     if not sums:
         raise NoInputError("no evaluation records to summarise")
     out: dict[tuple[Any, int], dict[Any, float]] = defaultdict(dict)
@@ -86,12 +93,18 @@ def rounds(records: Iterable[tuple[str, int, dict[str, Any]]], metric: str, *, g
     return out
 
 
+def _image(record: dict[str, Any]) -> str:
+    image = record.get("image")
+    if not isinstance(image, str) or not image:
+        raise DataError(f"an evaluation record has no 'image' field: {str(record)[:80]}")
+    return image
+
+
 def compare(a: list[dict[str, Any]], b: list[dict[str, Any]], metric: str, labels: tuple[str, str],
             ) -> list[dict[str, Any]]:
     """Two evaluations of the same question (e.g. lazy vs exact labels): each summarised, then
     Mann-Whitney U and Cliff's delta, and the mean paired difference over images in both."""
-    va = {str(r["image"]): _number(r, metric, str(r.get("image"))) for r in a if "error" not in r}
-    vb = {str(r["image"]): _number(r, metric, str(r.get("image"))) for r in b if "error" not in r}
+    va, vb = ({_image(r): _number(r, metric, _image(r)) for r in side if "error" not in r} for side in (a, b))
     if not va or not vb:
         raise NoInputError("both evaluations need at least one record without error")
     u, p = mann_whitney(list(va.values()), list(vb.values()))
@@ -119,7 +132,9 @@ def movie(manifests: list[Path], *, correction: str = "holm", alpha: float = 0.0
     """
     distances: dict[tuple[str, int], list[float]] = defaultdict(list)
     for path in manifests:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        from monolayer.al.manifest import Manifest
+
+        doc = Manifest.load(Path(path)).to_json()
         records = doc["train"] + doc["test"] + doc["pool"]
         names = sorted(str(r["image"]) for r in records)
         position = {str(r["image"]): float(r["frame"]) if isinstance(r.get("frame"), (int, float))

@@ -11,6 +11,7 @@ Two definitions, as in the paper:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,24 +19,61 @@ from typing import Any
 import numpy as np
 
 from monolayer.commands.evaluate import resolve
-from monolayer.errors import EXIT_DATA, MonolayerError, UsageError
+from monolayer.errors import EXIT_DATA, DataError, MonolayerError, UsageError
+from monolayer.io.provenance import verify_file
 from monolayer.records import new_record
+from monolayer.schema import check, error_code
 
 KIND = "rank"
 ENTROPY_DEFINITION = "mean per-pixel binary Shannon entropy of the probability map, bits; highest first"
 SCORE_DEFINITION = "mean confidence of the kept instances (0 if none); lowest first"
 
 
-def mean_binary_entropy(prob: np.ndarray) -> float:
+PROB_TOLERANCE = 1e-6
+"""How far outside [0, 1] a stored probability may stray (float rounding) before the map is refused."""
+
+
+def mean_binary_entropy(prob: np.ndarray, where: str = "probability map") -> float:
     """Mean of ``-p log2 p - (1-p) log2 (1-p)`` over all pixels (0 log 0 = 0).
+
+    A map holding NaN, infinity or values outside [0, 1] is not a probability map:
+    :class:`DataError` naming ``where``, never an entropy of 0 that would rank the
+    image as the surest of all.
 
     >>> mean_binary_entropy(np.array([0.5, 0.0, 1.0, 0.5]))
     0.5
     """
-    p = np.clip(np.asarray(prob, dtype=np.float64), 0.0, 1.0)
+    p = np.asarray(prob)
+    if p.dtype.kind not in "biuf":
+        raise DataError(f"{where}: values of type {p.dtype} are not probabilities")
+    p = p.astype(np.float64)
+    if p.size == 0:
+        raise DataError(f"{where}: probability map holds no pixels")
+    finite = np.isfinite(p)
+    if not finite.all():
+        raise DataError(f"{where}: probability map holds {int((~finite).sum())} NaN or infinite "
+                        "value(s)", "the model diverged or the file is damaged; segment again")
+    low, high = float(p.min()), float(p.max())
+    if low < -PROB_TOLERANCE or high > 1 + PROB_TOLERANCE:
+        raise DataError(f"{where}: values from {low:g} to {high:g} are not probabilities (0..1)",
+                        "give the .prob.tif that segment --save-prob wrote")
+    p = np.clip(p, 0.0, 1.0)
     with np.errstate(divide="ignore", invalid="ignore"):
         h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
     return float(np.nan_to_num(h, nan=0.0).mean())
+
+
+def _confidence(value: Any, where: str) -> float:
+    """A record's mean instance confidence: None (no kept instance) is 0; anything that is
+    not a finite number in [0, 1] is refused rather than ranked."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DataError(f"{where}: mean_confidence {value!r} is not a number")
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise DataError(f"{where}: mean_confidence {value!r} is not a confidence in [0, 1]",
+                        "segment the image again")
+    return float(value)
 
 
 def _kind(record: dict[str, Any]) -> str:
@@ -52,19 +90,26 @@ def rank(records: Iterable[tuple[str, int, dict[str, Any]]]) -> list[dict[str, A
     errors: list[dict[str, Any]] = []
     kinds: set[str] = set()
     for source, number, record in records:
-        image = str(record.get("image", f"{source}:{number}"))
+        where = f"{source}:{number}"
+        try:
+            if isinstance(record, DataError):
+                raise record
+            check("segment", record, where)
+        except DataError as exc:
+            errors.append(new_record(KIND, image=where, error=str(exc), exit_code=EXIT_DATA))
+            continue
+        image = str(record.get("image", where))
         carried = {k: record[k] for k in ("image_sha256", "mask", "prob", "model", "method", "confluence")
                    if k in record}
         if "error" in record:
             errors.append(new_record(KIND, image=image, error=f"segment failed: {record['error']}",
-                                     exit_code=int(record.get("exit_code", EXIT_DATA))))
+                                     exit_code=error_code(record)))
             continue
         kind = _kind(record)
         kinds.add(kind)
         try:
             if kind == "score":
-                value = record.get("mean_confidence")
-                value = 0.0 if value is None else float(value)
+                value = _confidence(record.get("mean_confidence"), f"{source}:{number}: {image}")
             else:
                 if not record.get("prob"):
                     raise MonolayerError(f"{source}:{number}: {image} has no saved probability map",
@@ -72,7 +117,9 @@ def rank(records: Iterable[tuple[str, int, dict[str, Any]]]) -> list[dict[str, A
                 from monolayer.io.images import read_image
 
                 base = None if source == "<stdin>" else Path(source).parent
-                value = mean_binary_entropy(read_image(resolve(record["prob"], base)))
+                prob_path = resolve(record["prob"], base)
+                verify_file(prob_path, record.get("prob_sha256"), where, "prob_sha256")
+                value = mean_binary_entropy(read_image(prob_path), str(prob_path))
         except MonolayerError as exc:
             errors.append(new_record(KIND, image=image, error=str(exc), exit_code=EXIT_DATA))
             continue

@@ -16,7 +16,7 @@ import numpy as np
 
 from monolayer.backends import Backend, Prediction
 from monolayer.commands._naming import OutputNamer, inside
-from monolayer.errors import EXIT_INTERNAL, EXIT_IO, InternalError, MonolayerError, NoInputError, UsageError
+from monolayer.errors import EXIT_DATA, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_IO, InternalError, MonolayerError, NoInputError, UsageError
 from monolayer.io.images import load_image, normalize, resize_longest, to_grayscale
 from monolayer.io.inputs import InputItem
 from monolayer.io.masks import write_binary_mask, write_score_map
@@ -24,6 +24,8 @@ from monolayer.metrics import confluence
 from monolayer.records import new_record
 
 KIND = "segment"
+SCORE_TOLERANCE = 1e-6
+"""How far outside [0, 1] a backend's score may stray (float rounding) before the image fails."""
 
 
 @dataclass(frozen=True)
@@ -70,11 +72,18 @@ def plan_jobs(items: Iterable[InputItem]) -> list[Job]:
     Stems depend only on the input list, never on which subset a run processes,
     so shards, executors and reruns write the same image to the same file.
     """
+    from monolayer.records import printable
+    from monolayer.schema import text_problem
+
     namer = OutputNamer()
     jobs = []
     for index, item in enumerate(items):
         if item.error is not None:
             jobs.append(Job(index, item.image, item.image, "", item.error, item.exit_code))
+        elif text_problem(item.image):
+            shown = printable(item.image)
+            jobs.append(Job(index, shown, shown, "", f"{shown}: the file name is not valid UTF-8, so no "
+                            "record could name it (rename the file)", EXIT_DATA))
         else:
             jobs.append(Job(index, item.image, os.path.abspath(item.image), namer.stem(item.image)))
     return jobs
@@ -130,19 +139,52 @@ def _at_original_size(prediction: Prediction, shape: tuple[int, int]) -> Predict
 
     if prediction.score is not None:
         score = resize(prediction.score, shape, order=1, preserve_range=True).astype(np.float32)
-        # Keep the invariant mask == score >= threshold where the backend had one.
-        mask = resize(prediction.mask.astype(np.float32), shape, order=1) >= 0.5
+        if prediction.threshold is not None:
+            # The backend's mask is its score thresholded: so is the saved mask of the
+            # saved score, pixel for pixel, whoever reads the two files together.
+            mask = score >= np.float32(prediction.threshold)
+        else:  # instances from flows and such: the mask is scaled on its own
+            mask = resize(prediction.mask.astype(np.float32), shape, order=1) >= 0.5
     else:
         score, mask = None, resize(prediction.mask.astype(np.float32), shape, order=1) >= 0.5
-    return Prediction(mask=mask, score=score, extras=prediction.extras)
+    return Prediction(mask=mask, score=score, extras=prediction.extras, threshold=prediction.threshold)
+
+
+def _honest(prediction: Prediction, image: str, backend: Backend) -> Prediction:
+    """``prediction`` if its score map is a score map; a NaN or infinite score (NaN
+    weights, a diverged model) would otherwise threshold to "no cell" and report a
+    confident confluence. Raises :class:`InternalError` for that image."""
+    score = prediction.score
+    if score is None:
+        return prediction
+    values = np.asarray(score)
+    if values.dtype.kind not in "biuf":
+        raise InternalError(f"{image}: model {backend.name} returned a score map of type {values.dtype}")
+    finite = np.isfinite(values)
+    if not finite.all():
+        raise InternalError(f"{image}: model {backend.name} returned {int((~finite).sum())} NaN or "
+                            "infinite score(s); no confluence is reported for this image",
+                            "do the weights hold NaN? does the model work on other images?")
+    if values.size and (float(values.min()) < -SCORE_TOLERANCE or float(values.max()) > 1 + SCORE_TOLERANCE):
+        raise InternalError(f"{image}: model {backend.name} returned scores from {float(values.min()):g} "
+                            f"to {float(values.max()):g}, outside [0, 1]", "a bug in the backend: please report it")
+    return prediction
 
 
 def _predict(backend: Backend, batch: list[_Loaded], resize: int | None = None) -> list[Prediction | Exception]:
     """Predictions for a batch; if the batch fails, each image alone, so one bad image
     cannot take its neighbours down with it."""
-    out = _predict_raw(backend, batch, resize)
-    return [p if isinstance(p, Exception) else _at_original_size(p, x.gray.shape)
-            for p, x in zip(out, batch)]
+    results: list[Prediction | Exception] = []
+    for p, x in zip(_predict_raw(backend, batch, resize), batch):
+        if not isinstance(p, Exception):
+            try:
+                p = _at_original_size(_honest(p, x.job.image, backend), x.gray.shape)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:
+                p = exc
+        results.append(p)
+    return results
 
 
 def _predict_raw(backend: Backend, batch: list[_Loaded], resize: int | None) -> list[Prediction | Exception]:
@@ -174,11 +216,11 @@ def _write(x: _Loaded, prediction: Prediction, seconds: float, options: SegmentO
                             f"{prediction.mask.shape} mask for a {(height, width)} image")
     root = Path(options.write_root)
     mask_name = f"{x.job.stem}.mask.tif"
-    write_binary_mask(inside(root, mask_name), prediction.mask)
-    prob_name = None
+    mask_sha256 = write_binary_mask(inside(root, mask_name), prediction.mask)
+    prob_name = prob_sha256 = None
     if options.save_prob and prediction.score is not None:
         prob_name = f"{x.job.stem}.prob.tif"
-        write_score_map(inside(root, prob_name), prediction.score)
+        prob_sha256 = write_score_map(inside(root, prob_name), prediction.score)
     return new_record(
         KIND,
         image=x.job.image,
@@ -187,7 +229,9 @@ def _write(x: _Loaded, prediction: Prediction, seconds: float, options: SegmentO
         width=width,
         height=height,
         mask=str(options.out / mask_name),
+        mask_sha256=mask_sha256,
         prob=str(options.out / prob_name) if prob_name else None,
+        prob_sha256=prob_sha256,
         confluence=confluence(prediction.mask),
         **prediction.extras,
         **model,
@@ -204,11 +248,20 @@ def _failure(image: str, exc: Exception, model: dict[str, Any]) -> dict[str, Any
 
 
 def process_chunk(chunk: list[Job], backend: Backend, options: SegmentOptions,
-                  model: dict[str, Any], model_lock: Any = None) -> list[dict[str, Any]]:
+                  model: dict[str, Any], model_lock: Any = None, *,
+                  cancel: Any = None) -> list[dict[str, Any]]:
     """One record per job, in order: load, predict (as one batch), write; failures become
     error records. Runs wherever the executor puts it (this process, a worker process,
     a Dask worker). With ``model_lock``, only the prediction holds it, so another
-    thread's reading and writing of images overlaps this one's model work."""
+    thread's reading and writing of images overlaps this one's model work.
+
+    ``cancel`` (anything with ``is_set()``, e.g. a :class:`threading.Event`) is checked
+    before the model runs and before each image's files are written: once it is set,
+    nothing more is written (the run that asked for this work has stopped, and its
+    lock on the output folder may be gone) and the remaining images get error records."""
+    def cancelled() -> bool:
+        return cancel is not None and cancel.is_set()
+
     results: list[dict[str, Any] | None] = [None] * len(chunk)
     ready: list[_Loaded] = []
     for i, job in enumerate(chunk):
@@ -221,12 +274,15 @@ def process_chunk(chunk: list[Job], backend: Backend, options: SegmentOptions,
             raise
         except Exception as exc:
             results[i] = _failure(job.image, exc, model)
-    if ready:
+    if ready and not cancelled():
         with model_lock or contextlib.nullcontext():
             started = time.perf_counter()
-            predictions = _predict(backend, ready, options.resize)
+            # Checked again: cancelled while waiting for the model, do not start it.
+            predictions = [] if cancelled() else _predict(backend, ready, options.resize)
         share = (time.perf_counter() - started) / len(ready)
         for x, prediction in zip(ready, predictions):
+            if cancelled():
+                break
             if isinstance(prediction, Exception):
                 results[x.index] = _failure(x.job.image, prediction, model)
                 continue
@@ -236,6 +292,10 @@ def process_chunk(chunk: list[Job], backend: Backend, options: SegmentOptions,
                 raise
             except Exception as exc:
                 results[x.index] = _failure(x.job.image, exc, model)
+    for x in ready:
+        if results[x.index] is None:  # cancelled: not written
+            results[x.index] = error_record(x.job.image, f"{x.job.image}: not written, the run was stopped",
+                                            EXIT_INTERRUPTED, model)
     return [record for record in results if record is not None]
 
 

@@ -7,6 +7,7 @@ images by source folder).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -65,32 +66,64 @@ class GroupedStats:
                                      **summarize(per_field[name]))
 
 
+def _kind_of(value: Any) -> str:
+    if _is_number(value):
+        return "a number"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    return "an object" if isinstance(value, dict) else "a list"
+
+
 def collect(records: Iterable[tuple[str, int, dict[str, Any]]], by: list[str],
             fields: list[str] | None) -> GroupedStats:
     """Group numeric values; error records are counted and skipped.
 
-    Without ``fields``, every numeric field of the records is summarised. A
-    named field holding a non-number raises :class:`DataError` with ``file:line``;
-    a record lacking a named field (or holding null) contributes nothing to it.
+    Without ``fields``, every numeric field of the records is summarised. A field
+    that holds numbers in some records and something else (not null) in others is
+    a :class:`DataError` naming ``file:line``, with or without ``fields``: a value
+    is never dropped silently. A record lacking a field (or holding null)
+    contributes nothing to it. A grouping key must hold a string, number,
+    boolean or null, never an object or a list.
     """
     keys = [parse_key(spec) for spec in by]
     result = GroupedStats(by=list(by), fields=list(fields or []))
     auto = not fields
+    # field -> (kind of its first non-null value, where it was seen)
+    seen: dict[str, tuple[str, str]] = {}
     for source, number, record in records:
+        where = f"{source}:{number}"
         if "error" in record:
             result.error_records += 1
             continue
         result.records += 1
-        group = tuple(key_value(record, name, transform) for name, transform in keys)
-        per_field = result.values.setdefault(group, {})
-        names = ([k for k, v in record.items() if _is_number(v) and k not in by] if auto
-                 else result.fields)
+        group = []
+        for spec, (name, transform) in zip(by, keys):
+            value = record.get(name)
+            if isinstance(value, (dict, list)):
+                raise DataError(f"{where}: --by {spec}: field {name!r} is {_kind_of(value)}, not a value "
+                                "to group by", "group by a field holding a string or number")
+            group.append(key_value(record, name, transform))
+        per_field = result.values.setdefault(tuple(group), {})
+        names = [k for k in record if k not in by] if auto else result.fields
         for name in names:
             value = record.get(name)
             if value is None:
                 continue
+            kind = _kind_of(value)
+            first = seen.setdefault(name, (kind, where))
+            if kind != first[0] and "a number" in (kind, first[0]):
+                raise DataError(f"{where}: field {name!r} is {value!r:.60}, but {first[1]} holds a number there"
+                                if kind != "a number" else
+                                f"{where}: field {name!r} is a number, but {first[1]} holds {first[0]} there",
+                                "a field must hold numbers in every record (or null)")
             if not _is_number(value):
-                raise DataError(f"{source}:{number}: field {name!r} is {value!r}, not a number")
+                if not auto:
+                    raise DataError(f"{where}: field {name!r} is {value!r}, not a number")
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
+                raise DataError(f"{where}: field {name!r} is not a finite number")
             if auto and name not in result.fields:
                 result.fields.append(name)
             per_field.setdefault(name, []).append(float(value))

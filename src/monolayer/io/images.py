@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
 import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,9 +35,36 @@ MAX_PIXELS = 2**28
 NORM_LOW_PERCENTILE = 0.5
 NORM_HIGH_PERCENTILE = 99.5
 
+# Pillow modes whose array is the image as it should be read; any other mode
+# (CMYK, YCbCr, HSV, LAB, RGBX, La, PA, ...) is converted to Pillow's luminance,
+# "P" to its palette colours, "I;16*" to uint16.
+PILLOW_MODES_AS_STORED = frozenset({"1", "L", "LA", "I", "F", "RGB", "RGBA"})
+# TIFF photometric interpretations read as stored: MINISWHITE, MINISBLACK, RGB,
+# PALETTE (the indices, as masks need them), MASK.
+TIFF_PHOTOMETRIC_AS_STORED = frozenset({0, 1, 2, 3, 4})
+
+# Float pixels whose magnitude lies outside [2**-64, 2**64] are scaled by a power
+# of two before the float32 cast: float32 ends at 3.4e38 (1e300 becomes inf) and
+# loses every digit near 1e-38 (1e-300 becomes 0).
+FLOAT_COMFORT = (2.0**-64, 2.0**64)
+
+
+def require_regular_file(path: Path) -> None:
+    """Refuse a device, FIFO or socket before anything reads it: ``/dev/zero`` never
+    ends and a FIFO blocks until someone writes to it. Missing files pass (the caller
+    reports them in its own words)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise DataError(f"{path}: not a regular file (a device, FIFO or socket)",
+                        "give an image file")
+
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes (identifies image content independent of its name)."""
+    require_regular_file(path)
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while block := handle.read(chunk):
@@ -87,6 +117,8 @@ def _read_tiff_fast(data: bytes, name: Path) -> np.ndarray | None:
     tags = _first_ifd(data)
     if not tags or 256 not in tags or 257 not in tags or tags.get(277, 1) != 1:
         return None
+    if tags.get(262, 1) not in TIFF_PHOTOMETRIC_AS_STORED:
+        return None  # a one-ink separation and such: tifffile's path judges the colour model
     _check_size(name, (tags[257], tags[256]))
     try:
         import imagecodecs
@@ -116,7 +148,7 @@ def _read_tiff(source: io.BytesIO, name: Path, page: int) -> np.ndarray:
                             f"use --page 0..{len(pages) - 1}")
         tiff_page = pages[page]
         _check_size(name, tiff_page.shape)
-        return tiff_page.asarray()
+        return _tiff_pixels(tiff_page, tiff_page.asarray(), name)
 
 
 def _read_pillow(source: io.BytesIO, name: Path, page: int) -> np.ndarray:
@@ -138,11 +170,58 @@ def _read_pillow(source: io.BytesIO, name: Path, page: int) -> np.ndarray:
                 except EOFError:
                     raise DataError(f"{name}: has no page {page}") from None
             img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L"):
+            if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
                 return np.asarray(img, dtype=np.uint16)
             if img.mode == "P":
                 img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+            elif img.mode not in PILLOW_MODES_AS_STORED:
+                img = _pillow_luminance(img, name)
             return np.asarray(img)
+
+
+def _pillow_luminance(img: Any, name: Path) -> Any:
+    """``img`` as Pillow's own luminance ("L"): read as an array, the channels of CMYK,
+    YCbCr, HSV, LAB... would pass for R, G, B (cyan ink as red light) and give a wrong image.
+
+    Modes Pillow cannot take to "L" directly go through the one it can: LAB through
+    RGB, premultiplied La through LA (as an LA image is read).
+    """
+    for via in (None, "RGB", "LA"):
+        try:
+            return (img if via is None else img.convert(via)).convert("L")
+        except ValueError:
+            continue
+    raise DataError(f"{name}: pixels in colour mode {img.mode} cannot be converted to grayscale",
+                    "save the image as grayscale or RGB")
+
+
+def _tiff_pixels(page: Any, array: np.ndarray, name: Path) -> np.ndarray:
+    """A tifffile page's samples as intensities: colour models other than gray, RGB and
+    palette are converted to luminance by Pillow (as a JPEG in that mode is), or refused."""
+    photometric = int(page.photometric) if page.photometric is not None else 1
+    if photometric in TIFF_PHOTOMETRIC_AS_STORED:
+        return array
+    if photometric == 6 and int(page.compression) in (6, 7):
+        return array  # JPEG-compressed YCbCr: the decoder already returns RGB
+    mode = {5: "CMYK", 6: "YCbCr"}.get(photometric)
+    what = f"{name}: TIFF colour model {getattr(page.photometric, 'name', photometric)}"
+    if mode is None:
+        raise DataError(f"{what} is not supported", "save the image as grayscale or RGB")
+    channels = 4 if mode == "CMYK" else 3
+    inkset = page.tags.get(332)
+    if mode == "CMYK" and inkset is not None and int(inkset.value) != 1:
+        raise DataError(f"{what} with inks other than CMYK is not supported",
+                        "save the image as grayscale or RGB")
+    if "S" in page.axes:
+        array = np.moveaxis(array, page.axes.index("S"), -1)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] < channels:
+        raise DataError(f"{what} is supported with {channels} 8-bit samples per pixel only, "
+                        f"not {array.shape[-1] if array.ndim == 3 else 1} of type {array.dtype}",
+                        "save the image as 8-bit CMYK, grayscale or RGB")
+    from PIL import Image
+
+    pixels = np.ascontiguousarray(array[..., :channels])
+    return np.asarray(Image.fromarray(pixels, mode).convert("L"))
 
 
 @dataclass
@@ -165,6 +244,7 @@ def load_image(path: str | Path, page: int = 0) -> LoadedImage:
         raise NoInputError(f"{p}: no such file")
     if p.is_dir():
         raise DataError(f"{p}: is a folder, not an image")
+    require_regular_file(p)
     data = p.read_bytes()
     if not data:
         raise DataError(f"{p}: empty file")
@@ -189,12 +269,48 @@ def load_image(path: str | Path, page: int = 0) -> LoadedImage:
                         "is the file truncated or not an image?") from None
     if array.ndim < 2 or array.size == 0:
         raise DataError(f"{p}: not a 2-D image (shape {array.shape})")
+    _require_real_pixels(array, str(p))
     return LoadedImage(array=array, sha256=digest)
 
 
 def read_image(path: str | Path, page: int = 0) -> np.ndarray:
     """Read one image as stored (see :func:`load_image`)."""
     return load_image(path, page).array
+
+
+def _require_real_pixels(array: np.ndarray, where: str) -> None:
+    """Refuse pixels that are not real numbers: casting complex values keeps the real part
+    silently, and objects or records have no intensity at all."""
+    if array.dtype.kind not in "biuf":
+        kind = {"c": "complex numbers", "O": "Python objects", "V": "records",
+                "U": "text", "S": "bytes"}.get(array.dtype.kind, "not numbers")
+        raise DataError(f"{where}: pixels are {kind} ({array.dtype}), not intensities",
+                        "save the image with integer or real floating-point pixels")
+
+
+def _tame_float_range(a: np.ndarray) -> np.ndarray:
+    """Float pixels scaled by a power of two (exact) so float32 holds them, when their
+    magnitude is outside :data:`FLOAT_COMFORT`; ordinary images are returned as they are.
+
+    The scale comes from the 99.5th percentile of the magnitudes, not the maximum, so
+    one hot pixel at 1e300 does not push every other pixel to zero; pixels still beyond
+    2**64 after scaling lie far above any normalisation percentile and are clipped there.
+    """
+    finite = a[np.isfinite(a)]
+    if not finite.size:
+        return a
+    magnitude = np.abs(finite)
+    peak = magnitude.max()
+    if peak == 0 or FLOAT_COMFORT[0] <= peak <= FLOAT_COMFORT[1]:
+        return a
+    reference = np.percentile(magnitude, NORM_HIGH_PERCENTILE)
+    if not reference > 0:
+        reference = peak
+    exponent = int(np.frexp(reference)[1])
+    with np.errstate(over="ignore", under="ignore"):
+        scaled = np.ldexp(a, -exponent)
+    # NaN and inf stay as they are: normalize() sets them to the median.
+    return np.where(np.isfinite(scaled), np.clip(scaled, -FLOAT_COMFORT[1], FLOAT_COMFORT[1]), scaled)
 
 
 def to_grayscale(array: np.ndarray) -> np.ndarray:
@@ -204,8 +320,11 @@ def to_grayscale(array: np.ndarray) -> np.ndarray:
     of 1, 3 or 4 is treated as colour. Anything else (a z-stack) is refused.
     """
     a = np.asarray(array)
+    _require_real_pixels(a, "image")
     if a.dtype == bool:
         a = a.astype(np.uint8)
+    if a.dtype.kind == "f":
+        a = _tame_float_range(a)
     while a.ndim > 2 and a.shape[0] == 1:
         a = a[0]
     if a.ndim == 3 and a.shape[-1] in (1, 2, 3, 4):
@@ -247,6 +366,7 @@ def normalize(gray: np.ndarray) -> np.ndarray:
 def image_size(path: str | Path) -> tuple[int, int]:
     """(height, width) of an image's first page from its header, without decoding pixels."""
     p = Path(path)
+    require_regular_file(p)
     try:
         with open(p, "rb") as handle:
             magic = handle.read(4)

@@ -44,26 +44,47 @@ def _folder_images(folder: Path, recursive: bool, exclude: Path | None) -> list[
                   key=lambda p: str(p))
 
 
-def _stdin_items(stream: Iterable[str]) -> Iterator[InputItem]:
+def _stdin_items(stream: Iterable[str | bytes]) -> Iterator[InputItem]:
+    """Images named on stdin: JSON Lines with an ``image`` field, or one path per line.
+
+    Only the line break is removed from a plain path line (a file name may hold
+    spaces); JSON goes through the same strict reader as every JSON Lines input.
+    """
+    from monolayer.errors import DataError
+    from monolayer.records import parse_line
+    from monolayer.schema import path_problem
+
     for number, line in enumerate(stream, start=1):
-        text = line.strip()
-        if not text:
+        where = f"<stdin>:{number}"
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError:
+                yield InputItem(image=where, exit_code=EXIT_DATA, error=f"{where}: not UTF-8 text")
+                continue
+        text = line.rstrip("\r\n")
+        if not text.strip():
             continue
-        if not text.startswith("{"):
+        if not text.lstrip().startswith(("{", "\ufeff")):
+            problem = path_problem(text)
+            if problem and not Path(text).exists():
+                yield InputItem(image=where, exit_code=EXIT_DATA, error=f"{where}: the path {problem}")
+                continue
             yield InputItem(image=text)
             continue
         try:
-            record = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield InputItem(image=f"<stdin>:{number}", exit_code=EXIT_DATA,
-                            error=f"<stdin>:{number}: not valid JSON ({exc.msg})")
+            record = parse_line(text.strip(), where)
+        except DataError as exc:
+            yield InputItem(image=where, exit_code=EXIT_DATA, error=str(exc))
             continue
-        image = record.get("image") if isinstance(record, dict) else None
-        if not isinstance(image, str) or not image:
-            yield InputItem(image=f"<stdin>:{number}", exit_code=EXIT_DATA,
-                            error=f"<stdin>:{number}: record has no 'image' field")
+        if "image" not in record:
+            yield InputItem(image=where, exit_code=EXIT_DATA, error=f"{where}: record has no 'image' field")
             continue
-        yield InputItem(image=image)
+        problem = path_problem(record["image"])
+        if problem:
+            yield InputItem(image=where, exit_code=EXIT_DATA, error=f"{where}: field 'image' {problem}")
+            continue
+        yield InputItem(image=record["image"])
 
 
 def expand_inputs(inputs: Iterable[str], *, recursive: bool = False,
@@ -87,7 +108,7 @@ def expand_inputs(inputs: Iterable[str], *, recursive: bool = False,
 
     for raw in inputs:
         if raw == "-":
-            for item in _stdin_items(stdin if stdin is not None else sys.stdin):
+            for item in _stdin_items(stdin if stdin is not None else sys.stdin.buffer):
                 yield from once(item)
             continue
         path = Path(raw)
@@ -98,6 +119,10 @@ def expand_inputs(inputs: Iterable[str], *, recursive: bool = False,
                                 f"({', '.join(IMAGE_SUFFIXES)})")
             for image in images:
                 yield from once(InputItem(image=str(image)))
+        elif path.exists() and not path.is_file():
+            # /dev/zero never ends and a FIFO blocks: refused before anything reads them.
+            yield InputItem(image=raw, exit_code=EXIT_DATA,
+                            error=f"{raw}: not a regular file (a device, FIFO or socket)")
         elif path.exists():
             yield from once(InputItem(image=raw))
         elif GLOB_CHARS & set(raw):

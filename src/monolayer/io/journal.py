@@ -19,8 +19,13 @@
     (size, mtime, inode) of each output file, so a result is reused only while
     its mask is the very file it wrote.
 
-Leftover ``.*.part`` files of atomic writes that a crash interrupted are removed
-when the next run takes the lock.
+Leftover temporary files of atomic writes that a crash interrupted
+(``.NAME.monolayer-XXXXXXXX.part``, regular files of this user) are removed when the
+next run takes the lock; nothing else in OUT is ever deleted.
+
+Neither ``OUT/.monolayer`` nor a file in it is followed if it is a symbolic link:
+such a link is refused with one line (exit 74), so a planted link cannot make a run
+truncate or append to a file outside OUT.
 """
 
 from __future__ import annotations
@@ -30,12 +35,14 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from monolayer.errors import EXIT_TEMPFAIL, MonolayerError, OutputError
+from monolayer.io.atomic import NOFOLLOW, remove_own_partials
 from monolayer.records import dumps
 
 STATE_DIR = ".monolayer"
@@ -51,16 +58,45 @@ def state_dir(out: Path) -> Path:
     return out / STATE_DIR
 
 
+def _not_a_link(path: Path) -> None:
+    if os.path.islink(path):
+        raise OutputError(f"{path} is a symbolic link; monolayer does not write through links",
+                          "remove the link")
+
+
+def open_state_file(out: Path, name: str, flags: int, what: str) -> int:
+    """Open ``OUT/.monolayer/NAME`` (creating the folder) without following a link at
+    either level; a link, or something that is not a regular file, is refused."""
+    folder = state_dir(out)
+    flags |= NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        _not_a_link(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if os.open in os.supports_dir_fd and hasattr(os, "O_DIRECTORY"):
+            # The folder itself opened with O_NOFOLLOW: a link swapped in after the check
+            # above is still not followed.
+            folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW)
+            try:
+                fd = os.open(name, flags, 0o644, dir_fd=folder_fd)
+            finally:
+                os.close(folder_fd)
+        else:
+            fd = os.open(folder / name, flags, 0o644)
+    except OSError as exc:
+        _not_a_link(folder)
+        _not_a_link(folder / name)
+        raise OutputError(f"cannot open {what} {folder / name}: {exc.strerror or exc}",
+                          "check permissions and free space") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OutputError(f"{folder / name} is not a regular file", "remove it; monolayer makes a new one")
+    return fd
+
+
 @contextmanager
 def output_lock(out: Path, wait: bool = False, on_wait: Any = None) -> Iterator[None]:
     """Hold ``OUT/.monolayer/lock`` for the block; busy: :class:`BusyError` or wait."""
-    folder = state_dir(out)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise OutputError(f"cannot create the lock in {folder}: {exc.strerror or exc}",
-                          "check permissions and free space") from None
+    fd = open_state_file(out, "lock", os.O_RDWR | os.O_CREAT, "the lock")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -76,18 +112,10 @@ def output_lock(out: Path, wait: bool = False, on_wait: Any = None) -> Iterator[
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
-        _remove_partial_files(out)
+        remove_own_partials(out)
         yield
     finally:
         os.close(fd)  # releases the lock
-
-
-def _remove_partial_files(out: Path) -> None:
-    for path in out.glob(".*.part"):
-        try:
-            path.unlink()
-        except OSError:
-            pass
 
 
 def file_identity(path: str) -> list[int] | None:
@@ -95,9 +123,9 @@ def file_identity(path: str) -> list[int] | None:
 
     Outputs are replaced by rename, so another image's mask written over ours later
     has another inode: a journaled result is reused only while its files are the
-    very ones it wrote."""
+    very ones it wrote. A link put in an output's place is not that file (lstat)."""
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except OSError:
         return None
     return [st.st_size, st.st_mtime_ns, st.st_ino]
@@ -118,16 +146,21 @@ class Journal:
     """
 
     def __init__(self, out: Path, name: str) -> None:
-        self.path = state_dir(out) / f"{name}.journal"
+        self._out, self._file = out, f"{name}.journal"
+        self.path = state_dir(out) / self._file
         self._offsets: dict[str, int] = {}
-        if self.path.exists():
+        if os.path.lexists(self.path):
             self._scan()
         self._fd: int | None = None
         self._torn = False
 
+    def _open_read(self) -> Any:
+        """The journal for reading, never through a link (a link is :class:`OutputError`)."""
+        return os.fdopen(open_state_file(self._out, self._file, os.O_RDONLY, "the journal"), "rb")
+
     def _scan(self) -> None:
         offset = 0
-        with open(self.path, "rb") as handle:
+        with self._open_read() as handle:
             for line in handle:
                 if line.endswith(b"\n"):
                     try:
@@ -147,7 +180,7 @@ class Journal:
         offset = self._offsets.get(key)
         if offset is None:
             return None
-        with open(self.path, "rb") as handle:
+        with self._open_read() as handle:
             handle.seek(offset)
             return json.loads(handle.readline())
 
@@ -155,8 +188,8 @@ class Journal:
         """Append one entry with a single write; an interrupted write leaves a torn last
         line, which readers ignore. A full disk is an :class:`OutputError` (exit 74)."""
         if self._fd is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd = open_state_file(self._out, self._file, os.O_WRONLY | os.O_APPEND | os.O_CREAT,
+                                       "the journal")
             self._torn = os.fstat(self._fd).st_size > 0 and not self._ends_with_newline()
         data = (dumps({"key": key, "record": record, "files": files or {}}) + "\n").encode()
         if self._torn:  # a crash or a failed write cut the last line: start on a fresh one
@@ -175,7 +208,7 @@ class Journal:
         self._offsets[key] = offset
 
     def _ends_with_newline(self) -> bool:
-        with open(self.path, "rb") as handle:
+        with self._open_read() as handle:
             handle.seek(-1, os.SEEK_END)
             return handle.read(1) == b"\n"
 

@@ -19,30 +19,38 @@ MASK_SUFFIXES = (".labels", ".mask", ".binary")
 SCORE_SUFFIX = ".prob"
 
 
-def _write_tiff(target: Path, array: np.ndarray) -> None:
+def _write_tiff(target: Path, array: np.ndarray) -> str:
+    """Write ``array`` atomically as a deflate TIFF; return the SHA-256 of the file written
+    (hashed before the rename, so the checksum is of exactly the bytes that got the name)."""
     import tifffile
+
+    from monolayer.io.images import sha256_file
+
+    digest: list[str] = []
 
     def writer(tmp: Path) -> None:
         tifffile.imwrite(tmp, array, compression="zlib", photometric="minisblack")
+        digest.append(sha256_file(tmp))
 
     write_atomic(target, writer)
+    return digest[0]
 
 
-def write_binary_mask(target: Path, mask: np.ndarray) -> None:
-    """Write a foreground mask as uint8 0/1."""
-    _write_tiff(target, np.ascontiguousarray(mask, dtype=bool).astype(np.uint8))
+def write_binary_mask(target: Path, mask: np.ndarray) -> str:
+    """Write a foreground mask as uint8 0/1; return the file's SHA-256."""
+    return _write_tiff(target, np.ascontiguousarray(mask, dtype=bool).astype(np.uint8))
 
 
-def write_label_image(target: Path, labels: np.ndarray) -> None:
-    """Write an instance label image as uint16 (0 = background)."""
+def write_label_image(target: Path, labels: np.ndarray) -> str:
+    """Write an instance label image as uint16 (0 = background); return the file's SHA-256."""
     if labels.size and int(labels.max()) > np.iinfo(np.uint16).max:
         raise DataError(f"{target.name}: more than 65535 instances do not fit a uint16 label image")
-    _write_tiff(target, labels.astype(np.uint16))
+    return _write_tiff(target, labels.astype(np.uint16))
 
 
-def write_score_map(target: Path, score: np.ndarray) -> None:
-    """Write a per-pixel probability or score map as float32."""
-    _write_tiff(target, np.asarray(score, dtype=np.float32))
+def write_score_map(target: Path, score: np.ndarray) -> str:
+    """Write a per-pixel probability or score map as float32; return the file's SHA-256."""
+    return _write_tiff(target, np.asarray(score, dtype=np.float32))
 
 
 def read_mask_array(path: str | Path) -> np.ndarray:

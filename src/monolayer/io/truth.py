@@ -30,13 +30,21 @@ def truth_records(path: Path, *, with_confluence: bool = True) -> list[dict[str,
     if not path.exists():
         raise NoInputError(f"no such file or folder: {path}",
                            "give coco2mask JSON Lines or a folder with images/ and masks/")
+    from monolayer.commands.evaluate import resolve
+    from monolayer.io.provenance import verify_file
+    from monolayer.schema import check
+
     records = []
     for number, record in iter_jsonl(path):
+        where = f"{path}:{number}"
+        if "error" not in record and not ("image" in record and "mask" in record):
+            raise DataError(f"{where}: a truth record needs 'image' and 'mask'",
+                            "use coco2mask output, or a folder with images/ and masks/")
+        check("truth", record, where)
         if "error" in record:
             continue
-        if not isinstance(record.get("image"), str) or not isinstance(record.get("mask"), str):
-            raise DataError(f"{path}:{number}: a truth record needs 'image' and 'mask'",
-                            "use coco2mask output, or a folder with images/ and masks/")
+        # The mask must be the file coco2mask wrote, or the labels are another image's.
+        verify_file(resolve(record["mask"], path.parent), record.get("mask_sha256"), where, "mask_sha256")
         records.append(record)
     return records
 

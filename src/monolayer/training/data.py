@@ -61,6 +61,11 @@ def load_pairs(path: Path, resize: int | None) -> list[Pair]:
     pairs = []
     for record in truth_records(path, with_confluence=False):
         loaded = load_image(resolve(record["image"], base))
+        expected = record.get("image_sha256")
+        if expected is not None and loaded.sha256 != expected:
+            raise DataError(f"{path}: {record['image']} is not the image its truth record was made for "
+                            f"(image_sha256 {expected[:12]}..., the file has {loaded.sha256[:12]}...)",
+                            "the image changed since coco2mask ran; rerun it")
         image = normalize(to_grayscale(loaded.array))
         labels = read_labels(resolve(record["mask"], base))
         if labels.shape != image.shape:

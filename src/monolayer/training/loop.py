@@ -28,6 +28,24 @@ def state_path(out: Path) -> Path:
     return out.with_name(out.name + ".state")
 
 
+STATE_FIELDS = {"config": dict, "epoch": int, "model": dict, "optimizer": dict, "numpy_rng": dict, "log": list}
+
+
+def check_state(state: Any, where: Path) -> None:
+    """Refuse a training state that is not what :func:`run_epochs` saves (exit 65, not a crash)."""
+    if not isinstance(state, dict):
+        raise DataError(f"{where}: not a monolayer training state", "delete it or pass --restart")
+    for name, kind in STATE_FIELDS.items():
+        if not isinstance(state.get(name), kind) or isinstance(state.get(name), bool):
+            raise DataError(f"{where}: training state field {name!r} is missing or not a {kind.__name__}",
+                            "delete it or pass --restart")
+    if state["epoch"] < 1 or not isinstance(state.get("torch_rng"), torch.Tensor) or not all(
+            isinstance(r, dict) and r.get("epoch") == i for i, r in enumerate(state["log"], start=1)) \
+            or len(state["log"]) != state["epoch"]:
+        raise DataError(f"{where}: training state is inconsistent (epoch, log or random state)",
+                        "delete it or pass --restart")
+
+
 def _save_torch(target: Path, obj: Any) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
@@ -49,15 +67,21 @@ def run_epochs(*, model: torch.nn.Module, optimizer: torch.optim.Optimizer, conf
         except Exception as exc:
             raise DataError(f"{state_file}: unreadable training state ({exc})",
                             "delete it or pass --restart") from None
+        check_state(state, state_file)
         if state.get("config") != config:
             raise UsageError(f"{state_file} belongs to a different training configuration",
                              "use the same options to resume, or --restart to start over")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        rng.bit_generator.state = state["numpy_rng"]
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            torch.set_rng_state(state["torch_rng"])
+            if state.get("cuda_rng") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            rng.bit_generator.state = state["numpy_rng"]
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{state_file}: training state does not fit this model "
+                            f"({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__})",
+                            "delete it or pass --restart") from None
         log = list(state["log"])
         start = int(state["epoch"]) + 1
         for record in log:

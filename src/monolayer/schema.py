@@ -1,0 +1,334 @@
+"""Every record kind monolayer writes and reads, with its fields' types: the one place they are defined.
+
+Readers check records here before using them, so a wrong type, a missing key, a
+NUL byte in a path or a string where a number belongs is one
+``file:line: message`` (exit 65) for that record, never a crash or a silently
+dropped value. A record of another kind (``monolayer.eval/1`` handed to a
+reader of segment records) is refused by its ``schema`` tag; a record without a
+tag (written by another tool) is checked field by field.
+
+>>> check("segment", {"mask": "a.mask.tif", "confluence": 0.3}, "p.jsonl:1", require=("mask",))["mask"]
+'a.mask.tif'
+>>> check("segment", {"mask": "a.mask.tif", "confluence": "30%"}, "p.jsonl:2")
+Traceback (most recent call last):
+...
+monolayer.errors.DataError: p.jsonl:2: field 'confluence' is '30%', expected a number from 0 to 1
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from monolayer.errors import (
+    EXIT_CANTCREAT, EXIT_DATA, EXIT_INTERNAL, EXIT_IO, EXIT_ITEMS_FAILED, EXIT_NO_INPUT, EXIT_TEMPFAIL,
+    EXIT_UNAVAILABLE, DataError,
+)
+
+SCHEMA_PREFIX = "monolayer."
+
+# Exit codes a failed item may carry. Anything else in an input record (0, 256,
+# "x") is read as a plain failure (1): a record that failed can never make a
+# batch exit 0.
+ITEM_EXIT_CODES = frozenset({EXIT_ITEMS_FAILED, EXIT_DATA, EXIT_NO_INPUT, EXIT_UNAVAILABLE, EXIT_INTERNAL,
+                             EXIT_CANTCREAT, EXIT_IO, EXIT_TEMPFAIL})
+
+
+def item_exit_code(value: Any) -> int:
+    """The exit code of a failed item, from whatever an input record says.
+
+    >>> item_exit_code(66), item_exit_code(0), item_exit_code(256), item_exit_code("65")
+    (66, 1, 1, 1)
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value in ITEM_EXIT_CODES:
+        return value
+    return EXIT_ITEMS_FAILED
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def text_problem(value: str) -> str | None:
+    """Why a string cannot be used as a name or path, or None."""
+    if "\x00" in value:
+        return "contains a NUL byte"
+    if _SURROGATE.search(value):
+        return "is not valid Unicode (a lone surrogate)"
+    return None
+
+
+def path_problem(value: Any) -> str | None:
+    """Why a value cannot be a file path, or None."""
+    if not isinstance(value, str):
+        return f"is {_show(value)}, expected a file path (a string)"
+    if not value:
+        return "is empty, expected a file path"
+    problem = text_problem(value)
+    if problem:
+        return problem
+    if value != value.strip():
+        return f"{value!r} has leading or trailing whitespace"
+    return None
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return "an object" if isinstance(value, dict) else "a list"
+    if value is None:
+        return "null"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class Type:
+    """A field type: a name for messages and docs, and a check."""
+
+    name: str
+    expected: str
+
+    def problem(self, value: Any) -> str | None:  # noqa: PLR0911 - one branch per type
+        if value is None:
+            return None if self.name.endswith("?") else f"is null, expected {self.expected}"
+        base = self.name.rstrip("?")
+        if base == "path":
+            return path_problem(value)
+        if base == "str":
+            if not isinstance(value, str):
+                return f"is {_show(value)}, expected {self.expected}"
+            return text_problem(value)
+        if base == "sha256":
+            ok = isinstance(value, str) and _SHA256.fullmatch(value) is not None
+            return None if ok else f"is {_show(value)}, expected {self.expected}"
+        if base == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            return None if ok else f"is {_show(value)}, expected {self.expected}"
+        if base == "count":
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            return None if ok else f"is {_show(value)}, expected {self.expected}"
+        if base == "number":
+            return None if _is_number(value) else f"is {_show(value)}, expected {self.expected}"
+        if base == "fraction":
+            ok = _is_number(value) and 0.0 <= value <= 1.0
+            return None if ok else f"is {_show(value)}, expected {self.expected}"
+        if base == "bool":
+            return None if isinstance(value, bool) else f"is {_show(value)}, expected {self.expected}"
+        if base == "object":
+            return None if isinstance(value, dict) else f"is {_show(value)}, expected {self.expected}"
+        if base == "scalar":
+            ok = isinstance(value, (str, int, float, bool)) and not (
+                isinstance(value, str) and text_problem(value))
+            return None if ok else f"is {_show(value)}, expected {self.expected}"
+        raise AssertionError(f"unknown field type {self.name}")  # a bug in this table
+
+
+def _t(name: str, expected: str) -> Type:
+    return Type(name, expected)
+
+
+PATH = _t("path", "a file path")
+PATH_OR_NULL = _t("path?", "a file path or null")
+SHA = _t("sha256", "a SHA-256 (64 hex digits)")
+SHA_OR_NULL = _t("sha256?", "a SHA-256 (64 hex digits) or null")
+STR = _t("str", "a string")
+STR_OR_NULL = _t("str?", "a string or null")
+INT = _t("int", "an integer")
+COUNT = _t("count", "a non-negative integer")
+NUMBER = _t("number", "a finite number")
+NUMBER_OR_NULL = _t("number?", "a finite number or null")
+FRACTION = _t("fraction", "a number from 0 to 1")
+BOOL = _t("bool", "true or false")
+OBJECT = _t("object", "an object")
+SCALAR = _t("scalar", "a string, number or boolean")
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: Type
+    doc: str
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One record kind: ``monolayer.<name>/1`` and its fields."""
+
+    name: str
+    doc: str
+    fields: tuple[Field, ...]
+
+    @property
+    def tag(self) -> str:
+        from monolayer.records import schema_tag
+
+        return schema_tag(self.name)
+
+    def field(self, name: str) -> Field | None:
+        return next((f for f in self.fields if f.name == name), None)
+
+
+# Fields every error record has, whatever its kind.
+ERROR_FIELDS = (
+    Field("error", STR, "what went wrong (also printed on stderr)"),
+    Field("exit_code", INT, "the documented exit code of this failure"),
+)
+
+_COMMON = (
+    Field("schema", STR, "monolayer.KIND/MAJOR"),
+    Field("version", STR, "the monolayer version that wrote it"),
+)
+
+KINDS: dict[str, Kind] = {k.name: k for k in (
+    Kind("segment", "one per image, from segment", _COMMON + (
+        Field("image", PATH, "the image as named on the command line"),
+        Field("image_sha256", SHA, "SHA-256 of the image file"),
+        Field("page", COUNT, "page read from a multi-page file"),
+        Field("width", COUNT, "image width, px"),
+        Field("height", COUNT, "image height, px"),
+        Field("mask", PATH, "uint8 0/1 mask, STEM.mask.tif"),
+        Field("mask_sha256", SHA, "SHA-256 of the mask file"),
+        Field("prob", PATH_OR_NULL, "float32 score map, STEM.prob.tif, or null"),
+        Field("prob_sha256", SHA_OR_NULL, "SHA-256 of the score map, or null"),
+        Field("confluence", FRACTION, "foreground / image area"),
+        Field("model", STR, "backend name"),
+        Field("method", STR_OR_NULL, "method within the backend"),
+        Field("params", OBJECT, "the model's parameters"),
+        Field("weights", STR_OR_NULL, "checkpoint name or path"),
+        Field("weights_sha256", SHA_OR_NULL, "SHA-256 of the weights file"),
+        Field("seconds", NUMBER, "time spent on this image"),
+        Field("reused", BOOL, "true when taken from the journal by --skip-existing"),
+        Field("instances", COUNT, "instance count (cellpose, maskrcnn, sam auto)"),
+        Field("mean_confidence", NUMBER_OR_NULL, "maskrcnn: mean score of the kept instances"),
+        Field("generated_masks", COUNT, "sam auto: masks generated"),
+    )),
+    Kind("truth", "one per COCO image, from coco2mask", _COMMON + (
+        Field("image", PATH, "image path under --images, or the COCO file_name"),
+        Field("image_sha256", SHA, "SHA-256 of the image file (with --images)"),
+        Field("image_id", SCALAR, "COCO image id"),
+        Field("file_name", STR, "COCO file_name"),
+        Field("mask", PATH, "uint16 instance labels, STEM.labels.tif"),
+        Field("mask_sha256", SHA, "SHA-256 of the label file"),
+        Field("binary", PATH_OR_NULL, "0/1 mask, STEM.binary.tif, or null"),
+        Field("binary_sha256", SHA_OR_NULL, "SHA-256 of the 0/1 mask, or null"),
+        Field("width", COUNT, "image width, px"),
+        Field("height", COUNT, "image height, px"),
+        Field("instances", COUNT, "instances (objects with --lazy)"),
+        Field("crowd", COUNT, "iscrowd regions"),
+        Field("confluence", FRACTION, "union of all instances / image area"),
+        Field("lazy", BOOL, "touching instances merged"),
+        Field("annotations", PATH, "the COCO file"),
+    )),
+    Kind("eval", "one per image, from evaluate", _COMMON + (
+        Field("image", STR, "the image (or the mask when no image is known)"),
+        Field("truth", STR, "the truth mask used"),
+        Field("mask", PATH, "the predicted mask"),
+        Field("matched_by", STR, "sha256, path or stem"),
+        Field("width", COUNT, "px"),
+        Field("height", COUNT, "px"),
+        Field("iou", FRACTION, "intersection over union (1 when both are empty)"),
+        Field("dice", FRACTION, "Dice coefficient (1 when both are empty)"),
+        Field("confluence_pred", FRACTION, "predicted confluence"),
+        Field("confluence_true", FRACTION, "true confluence"),
+        Field("abs_confluence_error", FRACTION, "|confluence_pred - confluence_true|"),
+        Field("model", STR, "from the prediction record"),
+        Field("method", STR_OR_NULL, "from the prediction record"),
+    )),
+    Kind("rank", "one per image, from entropy-rank", _COMMON + (
+        Field("rank", INT, "1 = most uncertain"),
+        Field("image", PATH, "the image"),
+        Field("image_sha256", SHA, "SHA-256 of the image"),
+        Field("mask", PATH, "its mask"),
+        Field("prob", PATH_OR_NULL, "its score map"),
+        Field("model", STR, "backend"),
+        Field("method", STR_OR_NULL, "method"),
+        Field("confluence", FRACTION, "predicted confluence"),
+        Field("entropy", NUMBER, "mean binary entropy of the probability map, bits"),
+        Field("score", NUMBER, "maskrcnn: mean instance confidence"),
+        Field("definition", STR, "how the score was computed"),
+    )),
+    Kind("stats", "one per group and field, from stats", _COMMON + (
+        Field("field", STR, "the summarised field"),
+        Field("n", COUNT, "values"),
+        Field("mean", NUMBER_OR_NULL, "mean"),
+        Field("std", NUMBER_OR_NULL, "sample standard deviation (null for n = 1)"),
+        Field("median", NUMBER_OR_NULL, "median"),
+        Field("q1", NUMBER_OR_NULL, "first quartile"),
+        Field("q3", NUMBER_OR_NULL, "third quartile"),
+        Field("iqr", NUMBER_OR_NULL, "q3 - q1"),
+        Field("min", NUMBER_OR_NULL, "minimum"),
+        Field("max", NUMBER_OR_NULL, "maximum"),
+    )),
+    Kind("train", "one per epoch, from train", _COMMON + (
+        Field("model", STR, "the trained model"),
+        Field("epoch", COUNT, "1-based epoch"),
+        Field("epochs", COUNT, "epochs in total"),
+        Field("loss", NUMBER, "mean training loss of the epoch"),
+        Field("seconds", NUMBER, "time of the epoch"),
+    )),
+)}
+
+
+def _where_field(where: str, name: str) -> str:
+    return f"{where}: field {name!r}"
+
+
+def check(kind: str, record: dict[str, Any], where: str, *, require: Iterable[str] = ()) -> dict[str, Any]:
+    """``record`` if it is a valid ``kind`` record (or an error record); else :class:`DataError`.
+
+    Every known field that is present must have its type; the fields in
+    ``require`` must be present. Unknown fields are left alone (other tools and
+    ``evaluate --tag`` add their own).
+    """
+    spec = KINDS[kind]
+    tag = record.get("schema")
+    if tag is not None:
+        if not isinstance(tag, str):
+            raise DataError(f"{_where_field(where, 'schema')} is {_show(tag)}, expected a string")
+        if tag.startswith(SCHEMA_PREFIX) and tag.split("/")[0] != spec.tag.split("/")[0]:
+            raise DataError(f"{where}: a {tag} record where {spec.tag} records are expected",
+                            f"give this command {kind} records")
+        if tag.startswith(SCHEMA_PREFIX) and tag != spec.tag:
+            raise DataError(f"{where}: schema {tag} is not supported (this monolayer reads {spec.tag})")
+    if "error" in record:
+        return check_error(record, where)
+    for name in require:
+        if name not in record:
+            raise DataError(f"{where}: the record has no {name!r} field",
+                            f"expected {spec.tag} records ({spec.doc})")
+    for f in spec.fields:
+        if f.name in record:
+            problem = f.type.problem(record[f.name])
+            if problem:
+                raise DataError(f"{_where_field(where, f.name)} {problem}")
+    return record
+
+
+def check_error(record: dict[str, Any], where: str) -> dict[str, Any]:
+    """An error record with its message as a string and a valid item exit code."""
+    message = record.get("error")
+    if not isinstance(message, str) or text_problem(message):
+        raise DataError(f"{_where_field(where, 'error')} is {_show(message)}, expected a message")
+    return record
+
+
+def error_code(record: dict[str, Any]) -> int:
+    """The exit code an error record read back from a file stands for: its own when it is
+    a documented failure code, 65 when it has none, else 1 (see :func:`item_exit_code`)."""
+    return item_exit_code(record.get("exit_code", EXIT_DATA))
+
+
+def reserved_fields(kind: str) -> frozenset[str]:
+    """Names a command computes for ``kind`` records: user tags must not replace them."""
+    return frozenset(f.name for f in KINDS[kind].fields) | {f.name for f in ERROR_FIELDS}
+
+
+__all__ = ["KINDS", "Kind", "Field", "check", "check_error", "error_code", "item_exit_code",
+           "path_problem", "reserved_fields", "EXIT_DATA"]

@@ -20,7 +20,7 @@ _monolayer() {
                 -o|--out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 -i|--images) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-o --out -i --images --lazy --binary -q --quiet -h --help" -- "$cur"))
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-o --out -i --images --lazy --binary --overwrite -q --quiet -h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         segment)
             case "$prev" in
@@ -49,7 +49,7 @@ _monolayer() {
                 --executor) COMPREPLY=($(compgen -W "local dask" -- "$cur")); return ;;
                 --scheduler) COMPREPLY=(); return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-o --out -m --model --method -w --weights --mode --threshold --tile --points-per-side --diameter --truth --flow-threshold --cellprob-threshold --thresholds --score-threshold --device --precision --batch-size --seed --save-prob --page --resize -r --recursive --skip-existing --wait --fail-fast -j --jobs --shard --executor --scheduler -q --quiet -h --help" -- "$cur"))
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-o --out -m --model --method -w --weights --mode --threshold --tile --points-per-side --diameter --truth --flow-threshold --cellprob-threshold --thresholds --score-threshold --device --precision --batch-size --seed --save-prob --page --resize -r --recursive --skip-existing --wait --fail-fast -j --jobs --shard --executor --scheduler --overwrite -q --quiet -h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         entropy-rank)
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-q --quiet -h --help" -- "$cur"))
@@ -71,7 +71,7 @@ _monolayer() {
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --seed) COMPREPLY=(); return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-m --model --train --epochs -o --out --val --resize --augment --no-augment -w --weights --lr --patch --crops-per-image --base-channels --batch-size --device --seed --restart -q --quiet -h --help" -- "$cur"))
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-m --model --train --epochs -o --out --val --resize --augment --no-augment -w --weights --lr --patch --crops-per-image --base-channels --batch-size --device --seed --overwrite --restart -q --quiet -h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         evaluate)
             case "$prev" in
@@ -108,7 +108,7 @@ _monolayer() {
                 --ranked) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --set) COMPREPLY=($(compgen -W "train test pool" -- "$cur")); return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-h --help --images --initial -o --out --test-size --test-target --test --seed --force --strategy --k --ranked --set" -- "$cur"))
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-h --help --images --initial -o --out --test-size --test-target --test --seed --force --overwrite --strategy --k --ranked --set" -- "$cur"))
             else COMPREPLY=($(compgen -W "init next show" -- "$cur") $(compgen -f -- "$cur")); fi ;;
         stats)
             case "$prev" in

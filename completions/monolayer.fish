@@ -17,6 +17,7 @@ complete -c monolayer -n '__fish_seen_subcommand_from coco2mask' -s o -l out -r 
 complete -c monolayer -n '__fish_seen_subcommand_from coco2mask' -s i -l images -r -F -d 'Folder of the images. Each record then names the image file, its SHA-256 (so evaluate can match by content) and its size is checked against the COCO file.'
 complete -c monolayer -n '__fish_seen_subcommand_from coco2mask' -l lazy -d 'Goal-dependent labels: merge touching or overlapping cells into one object per cluster. The foreground (and confluence) is unchanged.'
 complete -c monolayer -n '__fish_seen_subcommand_from coco2mask' -l binary -d 'Also write a 0/1 foreground mask, STEM.binary.tif.'
+complete -c monolayer -n '__fish_seen_subcommand_from coco2mask' -l overwrite -d 'OUT holds another conversion\'s masks (other annotations, --lazy or --binary): delete them first, instead of refusing.'
 complete -c monolayer -n '__fish_seen_subcommand_from coco2mask' -s q -l quiet -d 'No progress or summary on stderr.'
 complete -c monolayer -n '__fish_seen_subcommand_from coco2mask' -s h -l help -d 'Show the help and exit.'
 complete -c monolayer -n '__fish_seen_subcommand_from segment' -F
@@ -49,6 +50,7 @@ complete -c monolayer -n '__fish_seen_subcommand_from segment' -s j -l jobs -x -
 complete -c monolayer -n '__fish_seen_subcommand_from segment' -l shard -x -d 'I/N: process only the I-th of N deterministic shards of the input list (for SLURM array jobs: --shard $SLURM_ARRAY_TASK_ID/N with --array=1-N).'
 complete -c monolayer -n '__fish_seen_subcommand_from segment' -l executor -x -a 'local dask' -d 'local (this machine, --jobs processes) or dask (a running Dask cluster; OUT and the images must be on a file system the workers share).'
 complete -c monolayer -n '__fish_seen_subcommand_from segment' -l scheduler -x -d '--executor dask: the scheduler\'s address, e.g. tcp://head:8786.'
+complete -c monolayer -n '__fish_seen_subcommand_from segment' -l overwrite -d 'OUT holds another run\'s outputs (other model, parameters or weights): delete them first, instead of refusing. A rerun with the same settings needs no flag.'
 complete -c monolayer -n '__fish_seen_subcommand_from segment' -s q -l quiet -d 'No progress or summary on stderr.'
 complete -c monolayer -n '__fish_seen_subcommand_from segment' -s h -l help -d 'Show the help and exit.'
 complete -c monolayer -n '__fish_seen_subcommand_from entropy-rank' -F
@@ -69,7 +71,7 @@ complete -c monolayer -n '__fish_seen_subcommand_from train' -l base-channels -x
 complete -c monolayer -n '__fish_seen_subcommand_from train' -l batch-size -x -d 'Samples per step [default: unet 4 crops, sam 1, cellpose 8, maskrcnn 2 images].'
 complete -c monolayer -n '__fish_seen_subcommand_from train' -l device -x -a 'auto cpu cuda mps' -d 'Where to train.'
 complete -c monolayer -n '__fish_seen_subcommand_from train' -l seed -x -d 'Random seed (the paper: 100).'
-complete -c monolayer -n '__fish_seen_subcommand_from train' -l restart -d 'Ignore OUT.state and start from epoch 1.'
+complete -c monolayer -n '__fish_seen_subcommand_from train' -l overwrite -l restart -d 'Start from epoch 1, replacing OUT and OUT.state (without it an existing OUT is resumed if OUT.state matches these options, else refused).'
 complete -c monolayer -n '__fish_seen_subcommand_from train' -s q -l quiet -d 'No progress on stderr.'
 complete -c monolayer -n '__fish_seen_subcommand_from train' -s h -l help -d 'Show the help and exit.'
 complete -c monolayer -n '__fish_seen_subcommand_from evaluate' -F
@@ -98,7 +100,7 @@ complete -c monolayer -n '__fish_seen_subcommand_from al-round' -l test-size -x 
 complete -c monolayer -n '__fish_seen_subcommand_from al-round' -l test-target -x -d 'Confluence the test images are chosen around.'
 complete -c monolayer -n '__fish_seen_subcommand_from al-round' -l test -r -F -d 'The test images instead: JSON Lines naming them, or a folder with images/ and masks/.'
 complete -c monolayer -n '__fish_seen_subcommand_from al-round' -l seed -x -d 'Seed of the initial draw and of random rounds.'
-complete -c monolayer -n '__fish_seen_subcommand_from al-round' -l force -d 'Overwrite an existing manifest.'
+complete -c monolayer -n '__fish_seen_subcommand_from al-round' -l force -l overwrite -d 'Replace an existing manifest.'
 complete -c monolayer -n '__fish_seen_subcommand_from al-round' -l strategy -x -a 'entropy score random' -d 'entropy or score (needs --ranked), or random.'
 complete -c monolayer -n '__fish_seen_subcommand_from al-round' -l k -x -d 'Images to move from pool to train.'
 complete -c monolayer -n '__fish_seen_subcommand_from al-round' -l ranked -r -F -d 'entropy-rank output for the pool.'

@@ -137,15 +137,6 @@ def test_other_checkpoints_are_refused(tmp_path, state):
         _backend(path)
 
 
-def test_thresholds_file_precedence(weights, tmp_path):
-    path = tmp_path / "thresholds.json"
-    path.write_text(json.dumps({"flow_threshold": 1.5, "cellprob_threshold": -2.0}))
-    from_file = _backend(weights, thresholds_file=path)
-    assert (from_file.flow_threshold, from_file.cellprob_threshold) == (1.5, -2.0)
-    explicit = _backend(weights, thresholds_file=path, flow_threshold=0.8)
-    assert (explicit.flow_threshold, explicit.cellprob_threshold) == (0.8, -2.0)
-
-
 def test_shared_grid_reconstruction_matches_cellpose(backend):
     image = _image("set20", SEARCH_CROPS["set20"])
     outputs = backend.flows(image)
@@ -172,9 +163,10 @@ def test_threshold_search(backend, tmp_path):
 
     path = tmp_path / "out" / "thresholds.json"
     write_thresholds(path, result)
-    tuned = CellposeBackend(runtime=backend.runtime, diameter=30, thresholds_file=path)
-    assert tuned.flow_threshold == result["flow_threshold"]
-    assert tuned.cellprob_threshold == result["cellprob_threshold"]
+    from monolayer.backends.cellpose import read_thresholds
+
+    assert read_thresholds(path) == {"flow_threshold": result["flow_threshold"],
+                                     "cellprob_threshold": result["cellprob_threshold"]}
 
 
 def test_mean_diameter_of_two_discs():

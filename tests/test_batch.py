@@ -151,10 +151,19 @@ def test_skip_existing_is_keyed_on_content_model_and_parameters(cli, tmp_path):
     assert cli("segment", other, "--out", out).code == 0
     back = cli("segment", folder, "--out", out, "--skip-existing")
     assert [bool(r.get("reused")) for r in back.records] == [False, True, True]
-    # The same content under another name is the same result.
-    (folder / "img002.tif").rename(folder / "renamed.tif")
-    renamed = cli("segment", folder, "--out", out, "--skip-existing")
-    assert [(Path(r["image"]).name, bool(r.get("reused"))) for r in renamed.records][-1] == ("renamed.tif", True)
+    # The same content moved to another folder under its name is the same result...
+    moved = tmp_path / "archive"
+    moved.mkdir()
+    (folder / "img002.tif").rename(moved / "img002.tif")
+    again = cli("segment", folder, moved, "--out", out, "--skip-existing")
+    assert [(Path(r["image"]).name, bool(r.get("reused"))) for r in again.records][-1] == ("img002.tif", True)
+    # ...but under another name it is computed again: a reused record must name its own
+    # image's mask, never another image's file that merely holds the same pixels.
+    (moved / "img002.tif").rename(moved / "renamed.tif")
+    renamed = cli("segment", folder, moved, "--out", out, "--skip-existing")
+    last = renamed.records[-1]
+    assert (Path(last["image"]).name, bool(last.get("reused"))) == ("renamed.tif", False)
+    assert Path(last["mask"]).name == "renamed.mask.tif"
 
 
 def test_second_run_on_the_same_output_exits_75_or_waits(images, tmp_path):

@@ -601,3 +601,127 @@ def test_evaluate_refuses_to_guess_between_two_names_of_one_stem(cli, tmp_path):
     run = cli("evaluate", pred, "--truth", truth, "--allow-missing")
     assert run.code != 0
     assert len(run.records) == 2 and all("cannot tell which" in r["error"] for r in run.records)
+
+
+# -- images: palette, MINISWHITE, planar RGB, large offsets, float16 --------------------------
+
+
+def quiet_confluence(cli, path: Path, out: Path) -> float:
+    """The confluence segment reports for ``path``: exit 0 and not a word on stderr."""
+    run = cli("segment", path, "--out", out, "-q")
+    assert run.code == 0 and run.stderr == "", run.stderr
+    [record] = run.records
+    return record["confluence"]
+
+
+def gray8(crop: np.ndarray) -> np.ndarray:
+    return (crop / crop.max() * 255).astype(np.uint8)
+
+
+def test_palette_tiff_is_read_as_its_colours_and_a_palette_mask_as_its_labels(cli, tmp_path, crop):
+    gray = gray8(crop)
+    index = 255 - gray  # indices that are not the intensities: a reversed gray ramp
+    ramp = (255 - np.arange(256)) * 257
+    tifffile.imwrite(tmp_path / "gray.tif", gray)
+    tifffile.imwrite(tmp_path / "pal.tif", index, photometric="palette",
+                     colormap=np.stack([ramp] * 3).astype(np.uint16))
+    png = Image.fromarray(index, "P")
+    png.putpalette(np.stack([ramp // 257] * 3, -1).astype(np.uint8).ravel().tolist())
+    png.save(tmp_path / "pal.png")
+    # A coloured palette: its luminance, as the same palette saved as PNG gives.
+    colours = np.stack([ramp // 257, ramp // 514, 255 - ramp // 257])  # 8-bit colours, as PNG holds
+    tifffile.imwrite(tmp_path / "colour.tif", index, photometric="palette",
+                     colormap=(colours * 257).astype(np.uint16))
+    png.putpalette(colours.T.astype(np.uint8).ravel().tolist())
+    png.save(tmp_path / "colour.png")
+    base = quiet_confluence(cli, tmp_path / "gray.tif", tmp_path / "o0")
+    assert base > 0.05
+    assert quiet_confluence(cli, tmp_path / "pal.tif", tmp_path / "o1") == base
+    assert quiet_confluence(cli, tmp_path / "pal.png", tmp_path / "o2") == base
+    coloured = quiet_confluence(cli, tmp_path / "colour.tif", tmp_path / "o3")
+    assert abs(coloured - quiet_confluence(cli, tmp_path / "colour.png", tmp_path / "o4")) < 1e-3
+    # As a mask, the indices are the labels: index 0 painted white is still background.
+    seg = cli("segment", tmp_path / "gray.tif", "--out", tmp_path / "pred")
+    mask = tifffile.imread(seg.records[0]["mask"])
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    white_background = np.zeros((3, 256), np.uint16)
+    white_background[:, 0] = 65535
+    tifffile.imwrite(truth / "gray.tif", mask, photometric="palette", colormap=white_background)
+    paletted = Image.fromarray(mask, "P")
+    paletted.putpalette([255, 255, 255, 0, 0, 0])
+    (tmp_path / "png_truth").mkdir()
+    paletted.save(tmp_path / "png_truth" / "gray.png")
+    for folder in (truth, tmp_path / "png_truth"):
+        run = cli("evaluate", tmp_path / "pred", "--truth", folder)
+        assert run.code == 0, run.stderr
+        [record] = run.records
+        assert record["iou"] == 1.0 and record["confluence_true"] == base
+
+
+def test_miniswhite_tiff_is_inverted_for_images_not_for_masks(cli, tmp_path, crop):
+    gray = gray8(crop)
+    tifffile.imwrite(tmp_path / "gray8.tif", gray)
+    tifffile.imwrite(tmp_path / "white8.tif", 255 - gray, photometric="miniswhite")
+    tifffile.imwrite(tmp_path / "gray16.tif", crop)
+    tifffile.imwrite(tmp_path / "white16.tif", 65535 - crop, photometric="miniswhite")
+    base8 = quiet_confluence(cli, tmp_path / "gray8.tif", tmp_path / "o0")
+    assert base8 > 0.05
+    assert quiet_confluence(cli, tmp_path / "white8.tif", tmp_path / "o1") == base8
+    assert quiet_confluence(cli, tmp_path / "white16.tif", tmp_path / "o2") == quiet_confluence(
+        cli, tmp_path / "gray16.tif", tmp_path / "o3")
+    seg = cli("segment", tmp_path / "gray8.tif", "--out", tmp_path / "pred")
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    tifffile.imwrite(truth / "gray8.tif", tifffile.imread(seg.records[0]["mask"]), photometric="miniswhite")
+    run = cli("evaluate", tmp_path / "pred", "--truth", truth)
+    assert run.code == 0, run.stderr
+    assert run.records[0]["iou"] == 1.0 and run.records[0]["confluence_true"] == base8
+
+
+def test_a_large_offset_gives_the_confluence_of_the_picture_without_it(cli, tmp_path, crop):
+    tifffile.imwrite(tmp_path / "plain.tif", crop)
+    base = quiet_confluence(cli, tmp_path / "plain.tif", tmp_path / "o")
+    assert base > 0.05
+    wide = crop.astype(np.int64)
+    hot = wide + 2**40
+    hot[5, 5] = 2**62  # one hot pixel must not bring the flattening back
+    nan = crop.astype(np.float64) + 1e12
+    nan[7, 7] = np.nan
+    offsets = {"int64": wide + 2**40, "int64_hot": hot, "uint64": crop.astype(np.uint64) + np.uint64(2**63),
+               "int64_low": wide - 2**62 - 2**62 + 70000, "int32": (wide + 2**30).astype(np.int32),
+               "float64": crop.astype(np.float64) + 1e12, "float64_nan": nan,
+               "rgb_int64": np.stack([wide + 2**40] * 3, -1)}
+    for name, array in offsets.items():
+        tifffile.imwrite(tmp_path / f"{name}.tif", array, photometric="rgb" if array.ndim == 3 else None)
+        assert abs(quiet_confluence(cli, tmp_path / f"{name}.tif", tmp_path / name) - base) < 1e-3, name
+    # Ordinary images are cast exactly as before.
+    for array in (crop, gray8(crop), crop.astype(np.int32), crop.astype(np.float64) / 65535):
+        np.testing.assert_array_equal(to_grayscale(array), array.astype(np.float32))
+
+
+def test_planar_rgb_tiff_is_read_as_rgb(cli, tmp_path, crop):
+    rgb = np.stack([gray8(crop)] * 3, -1)
+    tifffile.imwrite(tmp_path / "gray.tif", gray8(crop))
+    tifffile.imwrite(tmp_path / "contig.tif", rgb, photometric="rgb")
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(rgb, -1, 0), photometric="rgb",
+                     planarconfig="separate")
+    np.testing.assert_array_equal(load_image(tmp_path / "planar.tif").array, rgb)
+    base = quiet_confluence(cli, tmp_path / "gray.tif", tmp_path / "o0")
+    assert base > 0.05
+    assert quiet_confluence(cli, tmp_path / "contig.tif", tmp_path / "o1") == base
+    assert quiet_confluence(cli, tmp_path / "planar.tif", tmp_path / "o2") == base
+
+
+def test_float16_tiff_is_read_without_warnings(cli, tmp_path, crop):
+    gray = gray8(crop)
+    tifffile.imwrite(tmp_path / "gray.tif", gray)
+    tifffile.imwrite(tmp_path / "half.tif", gray.astype(np.float16))  # exact: 0..255 fit float16
+    tifffile.imwrite(tmp_path / "half_unit.tif", (crop / 65535).astype(np.float16))
+    tifffile.imwrite(tmp_path / "plain16.tif", crop)
+    base = quiet_confluence(cli, tmp_path / "gray.tif", tmp_path / "o0")
+    assert quiet_confluence(cli, tmp_path / "half.tif", tmp_path / "o1") == base
+    assert abs(quiet_confluence(cli, tmp_path / "half_unit.tif", tmp_path / "o2")
+               - quiet_confluence(cli, tmp_path / "plain16.tif", tmp_path / "o3")) < 1e-3
+    top = np.array([[0, 1000, 65504, np.inf]], np.float16)
+    np.testing.assert_array_equal(to_grayscale(top), top.astype(np.float32))

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate man/ and completions/ from the typer app.
+"""Regenerate man/, completions/ and the generated sections of README.md from the code.
 
     python tools/gen_docs.py          # write the files
     python tools/gen_docs.py --check  # exit 1 and list the files that drifted
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def main(argv: list[str]) -> int:
     check = "--check" in argv
     drifted = []
-    for rel, text in render_all().items():
+    for rel, text in render_all(ROOT).items():
         path = ROOT / rel
         current = path.read_text(encoding="utf-8") if path.exists() else None
         if current == text:

@@ -281,6 +281,8 @@ def run_segment(jobs: Iterable[Job], executor: Executor, options: SegmentOptions
         if entry is None:
             return None
         record = entry["record"]
+        if os.path.basename(str(record.get("mask"))) != f"{job.stem}.mask.tif":
+            return None  # the same content under another name: its files are another image's
         files = _output_files(record, root)
         if None in files.values() or files != entry.get("files"):
             return None  # removed or overwritten since: compute it again

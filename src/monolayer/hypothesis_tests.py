@@ -76,16 +76,13 @@ def benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
     >>> [round(p, 3) for p in benjamini_hochberg([0.01, 0.04, 0.03])]
     [0.03, 0.04, 0.04]
     """
+    from scipy.stats import false_discovery_control
+
     p = np.asarray(p_values, float)
-    valid = np.flatnonzero(~np.isnan(p))
+    valid = ~np.isnan(p)
     adjusted = np.full(p.shape, np.nan)
-    m = valid.size
-    order = valid[np.argsort(p[valid], kind="stable")]
-    running = 1.0
-    for rank in range(m - 1, -1, -1):
-        i = order[rank]
-        running = min(running, p[i] * m / (rank + 1))
-        adjusted[i] = min(1.0, running)
+    if valid.any():  # scipy refuses nan: the family is the p-values that exist
+        adjusted[valid] = false_discovery_control(p[valid], method="bh")
     return adjusted.tolist()
 
 

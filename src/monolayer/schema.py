@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -85,7 +86,52 @@ def _show(value: Any) -> str:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A JSON number that is a finite float: not a bool, not 1e999 (read as inf), not an
+    integer beyond the float range (a 400-digit one, which float() refuses)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(value, int):
+        return abs(value) <= sys.float_info.max  # exact: Python compares int and float exactly
+    return math.isfinite(value)
+
+
+def finite_float(value: Any, where: str, name: str) -> float:
+    """A record's numeric field as a float, or :class:`DataError` naming ``where`` and the
+    field when the number has no float (an integer beyond +-1.8e308, or inf).
+
+    >>> finite_float(3, "e.jsonl:1", "iou")
+    3.0
+    >>> finite_float(10**400, "e.jsonl:2", "iou")
+    Traceback (most recent call last):
+    ...
+    monolayer.errors.DataError: e.jsonl:2: field 'iou' is an integer beyond the floating-point range (+-1.8e308)
+    """
+    if not _is_number(value):
+        if isinstance(value, int) and not isinstance(value, bool):
+            raise DataError(f"{_where_field(where, name)} is an integer beyond the floating-point range "
+                            "(+-1.8e308)")
+        raise DataError(f"{_where_field(where, name)} is {_show(value)}, not a finite number")
+    return float(value)
+
+
+def check_tagged(record: dict[str, Any], where: str) -> dict[str, Any]:
+    """``record`` checked as the kind its ``schema`` tag names (``monolayer.eval/1``: an eval
+    record, its ``iou`` a number from 0 to 1), when monolayer knows that kind; a record
+    without a tag, or with another tool's, is free-form and passes as it is.
+
+    >>> check_tagged({"schema": "monolayer.eval/1", "iou": 5}, "e.jsonl:3")
+    Traceback (most recent call last):
+    ...
+    monolayer.errors.DataError: e.jsonl:3: field 'iou' is 5, expected a number from 0 to 1
+    >>> check_tagged({"iou": 5}, "e.jsonl:4")
+    {'iou': 5}
+    """
+    tag = record.get("schema")
+    if isinstance(tag, str) and tag.startswith(SCHEMA_PREFIX):
+        kind = tag[len(SCHEMA_PREFIX):].split("/")[0]
+        if kind in KINDS:
+            return check(kind, record, where)
+    return record
 
 
 @dataclass(frozen=True)
@@ -159,11 +205,16 @@ class Field:
 
 @dataclass(frozen=True)
 class Kind:
-    """One record kind: ``monolayer.<name>/1`` and its fields."""
+    """One record kind: ``monolayer.<name>/1`` and its fields.
+
+    ``doc`` (plain text) is also quoted in error messages; ``notes`` (Markdown) is
+    only for the README's generated "Output records" section (:func:`records_markdown`).
+    """
 
     name: str
     doc: str
     fields: tuple[Field, ...]
+    notes: str = ""
 
     @property
     def tag(self) -> str:
@@ -208,7 +259,9 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
         Field("instances", COUNT, "instance count (cellpose, maskrcnn, sam auto)"),
         Field("mean_confidence", NUMBER_OR_NULL, "maskrcnn: mean score of the kept instances"),
         Field("generated_masks", COUNT, "sam auto: masks generated"),
-    )),
+    ), notes="`params` holds the model's parameters and, for learned models, `device`, `precision`, "
+             "`seed` and `batch_size`. `seconds` is the only field that differs between two runs of the "
+             "same images, weights and seed on the same device."),
     Kind("truth", "one per COCO image, from coco2mask", _COMMON + (
         Field("image", PATH, "image path under --images, or the COCO file_name"),
         Field("image_sha256", SHA, "SHA-256 of the image file (with --images)"),
@@ -240,7 +293,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
         Field("abs_confluence_error", FRACTION, "|confluence_pred - confluence_true|"),
         Field("model", STR, "from the prediction record"),
         Field("method", STR_OR_NULL, "from the prediction record"),
-    )),
+    ), notes="`evaluate --tag KEY=VALUE` adds fields of its own, which cannot replace any of these."),
     Kind("rank", "one per image, from entropy-rank", _COMMON + (
         Field("rank", INT, "1 = most uncertain"),
         Field("image", PATH, "the image"),
@@ -250,10 +303,11 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
         Field("model", STR, "backend"),
         Field("method", STR_OR_NULL, "method"),
         Field("confluence", FRACTION, "predicted confluence"),
-        Field("entropy", NUMBER, "mean binary entropy of the probability map, bits"),
-        Field("score", NUMBER, "maskrcnn: mean instance confidence"),
-        Field("definition", STR, "how the score was computed"),
-    )),
+        Field("entropy", NUMBER, "mean per-pixel binary Shannon entropy of the probability map, bits"),
+        Field("score", NUMBER, "maskrcnn: mean confidence of the kept instances, 0 if none"),
+        Field("definition", STR, "how the score was computed, in one sentence"),
+    ), notes="A record has `entropy` (probability maps, ranked highest first) or, for Mask R-CNN, "
+             "`score` (ranked lowest first)."),
     Kind("stats", "one per group and field, from stats", _COMMON + (
         Field("field", STR, "the summarised field"),
         Field("n", COUNT, "values"),
@@ -265,15 +319,56 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
         Field("iqr", NUMBER_OR_NULL, "q3 - q1"),
         Field("min", NUMBER_OR_NULL, "minimum"),
         Field("max", NUMBER_OR_NULL, "maximum"),
-    )),
+    ), notes="Each record also has its group's value of every `--by` key, named as the key was given "
+             "(`image:dir`)."),
     Kind("train", "one per epoch, from train", _COMMON + (
         Field("model", STR, "the trained model"),
         Field("epoch", COUNT, "1-based epoch"),
         Field("epochs", COUNT, "epochs in total"),
         Field("loss", NUMBER, "mean training loss of the epoch"),
+        Field("val_iou", FRACTION, "with --val: mean IoU over the validation images"),
+        Field("val_abs_confluence_error", FRACTION, "with --val: mean absolute confluence error over "
+              "the validation images"),
         Field("seconds", NUMBER, "time of the epoch"),
-    )),
+    ), notes="A resumed run repeats the finished epochs' records first, so a log holds each epoch once."),
 )}
+
+
+def records_markdown() -> str:
+    """The README's list of record kinds and their fields, rendered from :data:`KINDS`.
+
+    ``tools/gen_docs.py`` puts it between ``<!-- records:start -->`` and
+    ``<!-- records:end -->`` in README.md, and a test fails when the two differ.
+
+    >>> print(records_markdown().splitlines()[2])
+    | field | type | meaning |
+    """
+    lines = ["Fields of every record:", "", *_markdown_table(_COMMON), "",
+             "A record for an item that failed has these instead of results, beside the fields that "
+             "name the item (such as `image`):", "", *_markdown_table(ERROR_FIELDS)]
+    for kind in KINDS.values():
+        lines += ["", f"**`{kind.tag}`**: {kind.doc}.", "",
+                  *_markdown_table(f for f in kind.fields if f not in _COMMON)]
+        if kind.notes:
+            lines += ["", kind.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_table(fields: Iterable[Field]) -> list[str]:
+    rows = ["| field | type | meaning |", "|---|---|---|"]
+    for f in fields:
+        type_words = re.sub(r"^an? ", "", f.type.expected)
+        rows.append(f"| `{f.name}` | {_markdown_cell(type_words)} | {_markdown_cell(f.doc)} |")
+    return rows
+
+
+def _markdown_cell(text: str) -> str:
+    r"""Text that stays inside one cell of a Markdown table.
+
+    >>> print(_markdown_cell("|a - b|"))
+    \|a - b\|
+    """
+    return text.replace("|", r"\|")
 
 
 def _where_field(where: str, name: str) -> str:
@@ -330,5 +425,5 @@ def reserved_fields(kind: str) -> frozenset[str]:
     return frozenset(f.name for f in KINDS[kind].fields) | {f.name for f in ERROR_FIELDS}
 
 
-__all__ = ["KINDS", "Kind", "Field", "check", "check_error", "error_code", "item_exit_code",
-           "path_problem", "reserved_fields", "EXIT_DATA"]
+__all__ = ["KINDS", "Kind", "Field", "check", "check_error", "check_tagged", "error_code", "finite_float",
+           "item_exit_code", "path_problem", "reserved_fields", "EXIT_DATA"]

@@ -18,10 +18,23 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from monolayer.backends._base import Backend, Prediction
+from monolayer.backends._spec import BackendSpec, Option
 from monolayer.errors import UsageError
 from monolayer.morphology import remove_small_objects
 
 METHODS = ("phase", "canny")
+
+SPEC = BackendSpec(
+    name="classical",
+    summary="no weights: PHANTAST-style local contrast (default) or the paper's Canny baseline",
+    target="monolayer.backends.classical:ClassicalBackend",
+    needs_weights=False,
+    segment_options=(
+        Option("method", str, "phase (local-contrast thresholding for phase contrast) or canny (the "
+               "paper's baseline).", default="phase", choices=METHODS),
+    ),
+    preprocess="percentile",
+)
 
 
 @dataclass(frozen=True)

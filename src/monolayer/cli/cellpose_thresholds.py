@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from monolayer.cli.common import HARDWARE, INPUT, MODEL, OUTPUT, cli_errors
-from monolayer.cli.segment import Device, backend_options
+from monolayer.devices import DEVICES
 from monolayer.errors import NoInputError
 from monolayer.io.inputs import expand_inputs
 from monolayer.records import RecordWriter, new_record
+
+
+Device = enum.Enum("Device", {name: name for name in DEVICES}, type=str)
 
 
 @cli_errors
@@ -46,16 +50,20 @@ def cellpose_thresholds(
 
     Example: monolayer cellpose-thresholds train/ -t truth.jsonl -w cp.pth -o thr.json
     """
-    from monolayer.backends import create_backend
+    from monolayer.backends import BACKENDS, create_backend
+    from monolayer.cli.backend_options import setup_model
+
+    spec = BACKENDS["cellpose"]
+    spec.require("cellpose-thresholds")  # before anything imports torch: exit 69, not 70
     from monolayer.commands.cellpose_search import labelled_images, search_thresholds, write_thresholds
 
     items = list(expand_inputs(inputs, exclude=None))
     if not items:
         raise NoInputError("no input images")
-    options = backend_options("cellpose", {"weights": weights, "device": device.value if device else None,
-                                           "diameter": diameter, "truth": truth if diameter == "auto" else None})
-    backend = create_backend("cellpose", **options)
-    images, masks, names = labelled_images(items, truth, page)
+    setup = setup_model(spec, {"weights": weights, "device": device, "diameter": diameter,
+                               "truth": truth if diameter == "auto" else None})
+    backend = create_backend("cellpose", **setup.kwargs)
+    images, masks, names = labelled_images(items, truth, page, normalize=setup.normalize)
     result = search_thresholds(backend, images, masks)
     write_thresholds(out, {**result, "images": names})
     summary = {k: v for k, v in result.items() if k != "grid"}

@@ -12,12 +12,12 @@ from monolayer.cli.common import (
     INPUT, OUTPUT, Tally, cli_errors, finish, progress, say_warning, write_records,
 )
 from monolayer.coco import load_coco
-from monolayer.commands.coco2mask import Coco2MaskOptions, coco_to_masks
+from monolayer.commands.coco2mask import Coco2MaskOptions, coco_to_masks, planned_stems
 from monolayer.errors import UsageError
 from monolayer.io.images import sha256_file
 from monolayer.io.atomic import ensure_folder, present
 from monolayer.io.journal import output_lock
-from monolayer.io.provenance import claim_folder, noting_outputs
+from monolayer.io.provenance import OutputList, claim_folder
 
 
 @cli_errors
@@ -73,7 +73,10 @@ def coco2mask(
             say_warning(f"--overwrite: deleted {removed} file(s) of the previous run in {out}")
         with progress(len(coco.images), "coco2mask", quiet) as bar:
             task = bar.add_task("coco2mask", total=len(coco.images))
-            records = noting_outputs(out, coco_to_masks(coco, options), ("mask", "binary"))
+            # Every name this run may write is listed before any is written (for --overwrite).
+            OutputList(out).add(name for stem in planned_stems(coco)
+                                for name in (f"{stem}.labels.tif", f"{stem}.binary.tif" if binary else ""))
+            records = coco_to_masks(coco, options)
             for _ in write_records(records, tally):
                 bar.advance(task)
     finish(tally, "coco2mask", quiet, time.perf_counter() - started)

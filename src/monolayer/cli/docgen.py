@@ -1,7 +1,8 @@
-"""Man pages and shell completions (bash, zsh, fish) generated from the typer app.
+"""Man pages, shell completions (bash, zsh, fish) and README sections generated from the code.
 
-``tools/gen_docs.py`` writes them under ``man/`` and ``completions/``; a test
-renders them again and fails when the committed files have drifted from the code.
+``tools/gen_docs.py`` writes them under ``man/`` and ``completions/``, and into the
+marked sections of README.md (see :data:`README_SECTIONS`); a test renders them
+again and fails when the committed files have drifted from the code.
 The completion scripts are static (they list the subcommands, options and
 choices), so they work without running Python at every TAB.
 """
@@ -22,6 +23,7 @@ import typer
 from monolayer import __version__
 from monolayer.cli.app import app
 from monolayer.errors import __doc__ as EXIT_CODES_DOC
+from monolayer.schema import records_markdown
 
 PROG = "monolayer"
 
@@ -317,8 +319,37 @@ def _fish_option(o: Opt, condition: str) -> str:
     return " ".join(parts)
 
 
-def render_all() -> dict[str, str]:
-    """Every generated file, keyed by its path relative to the repository root."""
+README_SECTIONS = {"records": records_markdown}
+"""The parts of README.md rendered from the code, each between ``<!-- NAME:start -->``
+and ``<!-- NAME:end -->``; the hand-written text around them is kept as it is."""
+
+
+def readme(text: str) -> str:
+    """README.md's ``text`` with every section of :data:`README_SECTIONS` rendered again.
+
+    >>> print(readme("Intro.\\n<!-- records:start -->\\nstale\\n<!-- records:end -->\\nMore.\\n")[:56])
+    Intro.
+    <!-- records:start -->
+    <BLANKLINE>
+    Fields of every record:
+    """
+    for name, render in README_SECTIONS.items():
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        before, found_start, rest = text.partition(start)
+        _, found_end, after = rest.partition(end)
+        if not (found_start and found_end) or end in before or start in after:
+            raise ValueError(f"README.md needs exactly one '{start}' followed by one '{end}'")
+        # Blank lines around the generated part: the markers stay HTML blocks of their own.
+        text = f"{before}{start}\n\n{render()}\n{end}{after}"
+    return text
+
+
+def render_all(repository: Path | None = None) -> dict[str, str]:
+    """Every generated file, keyed by its path relative to the repository root.
+
+    With ``repository`` (its root folder), README.md too: its committed text with
+    the generated sections rendered again.
+    """
     root, subs = commands()
     files = {
         "completions/monolayer.bash": bash(root, subs),
@@ -328,4 +359,6 @@ def render_all() -> dict[str, str]:
     }
     for sub in subs:
         files[f"man/monolayer-{sub.name}.1"] = man_page(sub)
+    if repository is not None:
+        files["README.md"] = readme((repository / "README.md").read_text(encoding="utf-8"))
     return files

@@ -2,33 +2,35 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from monolayer.backends import BACKENDS
+from monolayer.cli.backend_options import given, refuse_foreign, with_backend_options
 from monolayer.cli.common import HARDWARE, INPUT, MODEL, OUTPUT, cli_errors, progress
-from monolayer.cli.segment import Device, ModelName
+from monolayer.devices import DEVICES
 from monolayer.errors import UsageError
 from monolayer.io.atomic import ensure_folder, present
 from monolayer.records import RecordWriter
 
-TRAINERS = {
-    "unet": "monolayer.training.unet:train_unet",
-    "sam": "monolayer.training.sam:train_sam",
-    "cellpose": "monolayer.training.cellpose:train_cellpose",
-    "maskrcnn": "monolayer.training.maskrcnn:train_maskrcnn",
-}
-# Which models take which option: anything else is a usage error, never silently ignored.
-OWNERS = {"patch": ("unet", "cellpose"), "crops_per_image": ("unet",), "base_channels": ("unet",),
-          "weights": ("sam", "cellpose", "maskrcnn")}
+TRAINABLE = [name for name, spec in BACKENDS.items() if spec.trainer]
+ModelName = enum.Enum("ModelName", {name: name for name in TRAINABLE}, type=str)
+Device = enum.Enum("Device", {name: name for name in DEVICES}, type=str)
+
+
+def _defaults(name: str) -> str:
+    """``sam 0.0001, cellpose 0.005, ...`` (for ``[default: ...]``) from the backends' declarations."""
+    return ", ".join(f"{n} {BACKENDS[n].defaults[name]}" for n in TRAINABLE if name in BACKENDS[n].defaults)
 
 
 @cli_errors
+@with_backend_options("train")
 def train(
-    model: Annotated[ModelName, typer.Option("--model", "-m", help="unet (from scratch), sam (mask "
-                                             "decoder of --weights), cellpose or maskrcnn (from --weights, "
-                                             "else random initialisation).",
+    model: Annotated[ModelName, typer.Option("--model", "-m", help="The model to train: "
+                                             + ", ".join(TRAINABLE) + ".",
                                              rich_help_panel=MODEL, show_default=False)],
     train_set: Annotated[Path, typer.Option("--train", help="Training images and masks: coco2mask "
                                             "JSON Lines, or a folder with images/ and masks/.",
@@ -47,27 +49,11 @@ def train(
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random flips and "
                                           "90-degree rotations (cellpose: its own rotation, flip and "
                                           "scale augmentation).")] = True,
-    weights: Annotated[str | None, typer.Option("--weights", "-w", help="Checkpoint to start from (file, "
-                                                "or a published name in the cache): required for sam, "
-                                                "optional for cellpose and maskrcnn.", rich_help_panel=MODEL,
-                                                show_default=False)] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate [default: unet 1e-3 "
-                                             "(Adam), sam 1e-4 (Adam), cellpose 0.005 (AdamW), maskrcnn "
-                                             "0.00025 (SGD, the paper's)].", rich_help_panel=MODEL,
-                                             show_default=False)] = None,
-    patch: Annotated[int | None, typer.Option("--patch", min=16, help="unet, cellpose: random crop size "
-                                              "in px [default: 256, cellpose 224].", rich_help_panel=MODEL,
-                                              show_default=False)] = None,
-    crops_per_image: Annotated[int | None, typer.Option("--crops-per-image", min=1, help="unet: random "
-                                                        "crops per image and epoch [default: 4].",
-                                                        rich_help_panel=MODEL, show_default=False)] = None,
-    base_channels: Annotated[int | None, typer.Option("--base-channels", min=1, help="unet: width; 64 "
-                                                      "is the paper's 64-1024 network [default: 64].",
-                                                      rich_help_panel=MODEL, show_default=False)] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Samples per step "
-                                                   "[default: unet 4 crops, sam 1, cellpose 8, maskrcnn 2 "
-                                                   "images].", rich_help_panel=HARDWARE,
-                                                   show_default=False)] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate.", rich_help_panel=MODEL,
+                                             show_default=_defaults("lr"))] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Samples per step.",
+                                                   rich_help_panel=HARDWARE,
+                                                   show_default=_defaults("batch_size"))] = None,
     device: Annotated[Device, typer.Option("--device", help="Where to train.",
                                            rich_help_panel=HARDWARE)] = Device.auto,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (the paper: 100).")] = 100,
@@ -75,6 +61,7 @@ def train(
                                           "OUT and OUT.state (without it an existing OUT is resumed if "
                                           "OUT.state matches these options, else refused).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
+    **backend_options: Any,
 ) -> None:
     """Train a model on labelled images; one JSON log record per epoch on stdout.
 
@@ -90,50 +77,50 @@ def train(
 
     Example: monolayer train --model unet --train truth.jsonl --val val.jsonl --epochs 20 --resize 256 -o unet.pt > log.jsonl
     """
-    if model.value not in TRAINERS:
-        raise UsageError(f"--model {model.value} has no weights to train",
-                         f"trainable: {', '.join(TRAINERS)}")
+    spec = BACKENDS[model.value]
+    state = out.with_name(out.name + ".state")  # training.loop.state_path (which imports torch)
     if present(out) and out.is_dir():
         raise UsageError(f"--out {out} is a folder; give a checkpoint file name")
-    from monolayer.training.loop import state_path
-
-    if present(out) and not state_path(out).exists() and not restart:
+    if present(out) and not state.exists() and not restart:
         # Only a checkpoint this training configuration is writing may be replaced silently.
         raise UsageError(f"{out} exists and is not a checkpoint of an unfinished run of this training "
-                         f"(no {state_path(out).name} beside it)",
+                         f"(no {state.name} beside it)",
                          "choose another -o, or --overwrite to replace it")
     if lr is not None and not lr > 0:
         raise UsageError(f"--lr must be positive, not {lr}")
-    given = {"patch": patch, "crops_per_image": crops_per_image, "base_channels": base_channels,
-             "weights": weights}
-    for option, value in given.items():
-        if value is not None and model.value not in OWNERS[option]:
-            raise UsageError(f"--{option.replace('_', '-')} does not apply to training --model {model.value}",
-                             f"it applies to: {', '.join(OWNERS[option])}")
-    if model.value == "sam" and weights is None:
+    options = given(backend_options)
+    refuse_foreign(spec, options, "train")
+    if model.value == "sam" and "weights" not in options:
         raise UsageError("training --model sam fine-tunes a checkpoint: give --weights",
                          "e.g. --weights sam_vit_b after 'monolayer models fetch sam_vit_b'")
+    spec.require(f"training {model.value}")  # before anything imports torch: exit 69, not 70
     import importlib
 
-    from monolayer.backends import BACKENDS
     from monolayer.training.common import TrainOptions
-    from monolayer.training.data import load_pairs
+    from monolayer.training.data import fingerprint, load_pairs
 
-    BACKENDS[model.value].require(f"training {model.value}")
-    given_sizes = {k: v for k, v in {"crops_per_image": crops_per_image, "base_channels": base_channels}.items()
-             if v is not None}  # else TrainOptions' defaults
-    options = TrainOptions(epochs=epochs, seed=seed, device=device.value, batch_size=batch_size, lr=lr,
-                           augment=augment, patch=patch, resize=resize, weights=weights, **given_sizes)
-    module_name, function_name = TRAINERS[model.value].split(":")
+    sizes = {k: options[k] for k in ("crops_per_image", "base_channels") if k in options}
+    train_options = TrainOptions(epochs=epochs, seed=seed, device=device.value, batch_size=batch_size, lr=lr,
+                                 augment=augment, patch=options.get("patch"), resize=resize,
+                                 weights=options.get("weights"), **sizes)
+    module_name, function_name = spec.trainer.split(":")
     trainer = getattr(importlib.import_module(module_name), function_name)
-    train_pairs = load_pairs(train_set, resize)
-    val_pairs = load_pairs(val, resize) if val else None
+    # The model learns from the input its segment pass will give it (the backend's own
+    # preprocessing), and the sidecar tells segment so.
+    train_pairs = load_pairs(train_set, resize, preprocess=spec.preprocess)
+    val_pairs = load_pairs(val, resize, preprocess=spec.preprocess) if val else None
     writer = RecordWriter()
     ensure_folder(out.parent, file_name=out.name)
+    contract = {"model": model.value, "normalize": spec.preprocess, "resize": resize,
+                "params": {o.name: o.default for o in spec.segment_options if o.sidecar and o.default is not None},
+                "architecture": {k: v for k, v in sizes.items()} | ({"base": "random"} if not options.get("weights")
+                                                                   else {"base_weights": str(options["weights"])}),
+                "training_set": fingerprint(train_pairs)}
     with progress(epochs, "train", quiet) as bar:
         task = bar.add_task(f"train {model.value}", total=epochs)
 
         def emit(record: dict) -> None:
+            write_contract(out, contract)
             writer.write(record)
             bar.update(task, completed=record["epoch"])
             if not quiet:
@@ -142,4 +129,13 @@ def train(
                 bar.console.print(f"monolayer: train: epoch {record['epoch']}/{record['epochs']}: "
                                   f"loss {record['loss']:.4f}{extra}", highlight=False, markup=False)
 
-        trainer(train_pairs, val_pairs, options, out, emit, restart=restart)
+        trainer(train_pairs, val_pairs, train_options, out, emit, restart=restart)
+
+
+def write_contract(out: Path, contract: dict[str, Any]) -> None:
+    """The checkpoint's sidecar, for the checkpoint as it is on disk now (written after
+    every epoch, so it always describes the weights beside it)."""
+    from monolayer.io.images import sha256_file
+    from monolayer.sidecar import write_sidecar
+
+    write_sidecar(out, weights_sha256=sha256_file(out), **contract)

@@ -32,7 +32,7 @@ from monolayer.io.atomic import write_text_atomic
 from monolayer.metrics import iou
 
 if TYPE_CHECKING:
-    from monolayer.backends.cellpose import CellposeBackend
+    from monolayer.backends.cellpose.model import CellposeBackend
 
 SCHEMA = "monolayer.cellpose-thresholds/1"
 FLOW_THRESHOLDS: tuple[float, ...] = tuple(0.5 * i for i in range(7))          # 0.0 .. 3.0
@@ -107,20 +107,22 @@ def search_thresholds(backend: CellposeBackend, images: list[np.ndarray], truths
 
 def write_thresholds(path: Path, result: dict[str, Any]) -> None:
     """Write a search result as JSON (atomically), readable by ``CellposeBackend(thresholds_file=...)``."""
-    record = {"schema": SCHEMA, **result}
+    record = {"schema": SCHEMA, "model": "cellpose", **result}
     write_text_atomic(Path(path), json.dumps(record, indent=2) + "\n")
 
 
-def labelled_images(items: list[Any], truth_sources: list[Path],
-                    page: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
-    """Normalised images and their truth masks, matched by image identity as ``evaluate`` does.
+def labelled_images(items: list[Any], truth_sources: list[Path], page: int = 0,
+                    normalize: str = "none") -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """Images as segment gives them to the model (``normalize``: a mode of
+    :func:`monolayer.io.images.preprocess`) and their truth masks, matched by image
+    identity as ``evaluate`` does.
 
     An image without ground truth is an error: tuning on a silently smaller set
     would give thresholds nobody asked for.
     """
     from monolayer.commands.evaluate import load_truth
     from monolayer.errors import NoInputError
-    from monolayer.io.images import load_image, normalize, to_grayscale
+    from monolayer.io.images import load_image, preprocess, to_grayscale
 
     truth = load_truth(truth_sources)
     images, masks, names = [], [], []
@@ -135,7 +137,7 @@ def labelled_images(items: list[Any], truth_sources: list[Path],
         mask = entry.load()
         if mask.shape != gray.shape:
             raise DataError(f"{item.image}: truth mask is {mask.shape}, image is {gray.shape}")
-        images.append(normalize(gray))
+        images.append(preprocess(gray, loaded.array.dtype, normalize))  # as segment feeds the model
         masks.append(mask)
         names.append(item.image)
     return images, masks, names

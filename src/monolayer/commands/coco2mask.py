@@ -38,6 +38,12 @@ def _image_path(images: Path, file_name: str) -> Path:
     return images / Path(file_name.replace("\\", "/")).name
 
 
+def planned_stems(coco: CocoFile) -> list[str]:
+    """The output stem of every convertible image entry, as :func:`coco_to_masks` names them."""
+    stems = _stems(coco)
+    return [stems[i] for i, image in enumerate(coco.images) if image.error is None]
+
+
 def _stems(coco: CocoFile) -> dict[int, str]:
     """A unique, safe output stem for every image entry (by position), from the same
     namer segment uses."""

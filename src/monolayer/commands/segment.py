@@ -17,7 +17,7 @@ import numpy as np
 from monolayer.backends import Backend, Prediction
 from monolayer.commands._naming import OutputNamer, inside
 from monolayer.errors import EXIT_DATA, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_IO, InternalError, MonolayerError, NoInputError, UsageError
-from monolayer.io.images import load_image, normalize, resize_longest, to_grayscale
+from monolayer.io.images import PREPROCESS_MODES, load_image, preprocess, resize_longest, to_grayscale
 from monolayer.io.inputs import InputItem
 from monolayer.io.masks import write_binary_mask, write_score_map
 from monolayer.metrics import confluence
@@ -40,6 +40,15 @@ class SegmentOptions:
     root: str | None = None
     """``out`` as an absolute path, fixed by the parent process: where workers write,
     whatever their working folder (a Dask worker's is not ours)."""
+    normalize: str = "percentile"
+    """What the model is given (a :data:`~monolayer.io.images.PREPROCESS_MODES` name, see
+    :func:`~monolayer.io.images.preprocess`): the CLI resolves ``--normalize auto`` to
+    the backend's ``SPEC.preprocess``."""
+
+    def __post_init__(self) -> None:
+        if self.normalize not in PREPROCESS_MODES:
+            raise UsageError(f"unknown input normalisation {self.normalize!r}",
+                             f"choose one of: {', '.join(PREPROCESS_MODES)}")
 
     @property
     def write_root(self) -> str:
@@ -48,7 +57,8 @@ class SegmentOptions:
 
     def result_options(self) -> dict[str, Any]:
         """The options that change a result (part of the ``--skip-existing`` key)."""
-        return {"page": self.page, "resize": self.resize, "save_prob": self.save_prob}
+        return {"page": self.page, "resize": self.resize, "save_prob": self.save_prob,
+                "normalize": self.normalize}
 
 
 @dataclass(frozen=True)
@@ -122,13 +132,15 @@ class _Loaded:
     sha256: str
     gray: np.ndarray
     seconds: float
+    dtype: np.dtype = np.dtype(np.float32)
+    """The stored array's dtype, before :func:`to_grayscale`: what ``preprocess`` scales by."""
 
 
 def _load(index: int, job: Job, page: int) -> _Loaded:
     started = time.perf_counter()
     loaded = load_image(job.path, page)
     gray = to_grayscale(loaded.array)
-    return _Loaded(index, job, loaded.sha256, gray, time.perf_counter() - started)
+    return _Loaded(index, job, loaded.sha256, gray, time.perf_counter() - started, loaded.array.dtype)
 
 
 def _at_original_size(prediction: Prediction, shape: tuple[int, int]) -> Prediction:
@@ -171,11 +183,12 @@ def _honest(prediction: Prediction, image: str, backend: Backend) -> Prediction:
     return prediction
 
 
-def _predict(backend: Backend, batch: list[_Loaded], resize: int | None = None) -> list[Prediction | Exception]:
+def _predict(backend: Backend, batch: list[_Loaded], resize: int | None = None,
+             normalize: str = "percentile") -> list[Prediction | Exception]:
     """Predictions for a batch; if the batch fails, each image alone, so one bad image
     cannot take its neighbours down with it."""
     results: list[Prediction | Exception] = []
-    for p, x in zip(_predict_raw(backend, batch, resize), batch):
+    for p, x in zip(_predict_raw(backend, batch, resize, normalize), batch):
         if not isinstance(p, Exception):
             try:
                 p = _at_original_size(_honest(p, x.job.image, backend), x.gray.shape)
@@ -187,8 +200,9 @@ def _predict(backend: Backend, batch: list[_Loaded], resize: int | None = None) 
     return results
 
 
-def _predict_raw(backend: Backend, batch: list[_Loaded], resize: int | None) -> list[Prediction | Exception]:
-    inputs = [resize_longest(normalize(x.gray), resize) for x in batch]
+def _predict_raw(backend: Backend, batch: list[_Loaded], resize: int | None,
+                 normalize: str = "percentile") -> list[Prediction | Exception]:
+    inputs = [resize_longest(preprocess(x.gray, x.dtype, normalize), resize) for x in batch]
     try:
         return list(backend.predict_batch(inputs))
     except (KeyboardInterrupt, SystemExit):
@@ -278,7 +292,7 @@ def process_chunk(chunk: list[Job], backend: Backend, options: SegmentOptions,
         with model_lock or contextlib.nullcontext():
             started = time.perf_counter()
             # Checked again: cancelled while waiting for the model, do not start it.
-            predictions = [] if cancelled() else _predict(backend, ready, options.resize)
+            predictions = [] if cancelled() else _predict(backend, ready, options.resize, options.normalize)
         share = (time.perf_counter() - started) / len(ready)
         for x, prediction in zip(ready, predictions):
             if cancelled():

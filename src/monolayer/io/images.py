@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from monolayer.errors import DataError, NoInputError
+from monolayer.errors import DataError, NoInputError, UsageError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
@@ -39,9 +39,18 @@ NORM_HIGH_PERCENTILE = 99.5
 # (CMYK, YCbCr, HSV, LAB, RGBX, La, PA, ...) is converted to Pillow's luminance,
 # "P" to its palette colours, "I;16*" to uint16.
 PILLOW_MODES_AS_STORED = frozenset({"1", "L", "LA", "I", "F", "RGB", "RGBA"})
-# TIFF photometric interpretations read as stored: MINISWHITE, MINISBLACK, RGB,
-# PALETTE (the indices, as masks need them), MASK.
+# TIFF photometric interpretations whose samples need no colour conversion: MINISWHITE,
+# MINISBLACK, RGB, PALETTE, MASK. Read as an image, MINISWHITE is inverted and PALETTE's
+# indices become their colour map's colours; read as stored (a mask), both stay as written:
+# a palette mask's indices are its labels.
 TIFF_PHOTOMETRIC_AS_STORED = frozenset({0, 1, 2, 3, 4})
+TIFF_PHOTOMETRIC_INVERTED, TIFF_PHOTOMETRIC_PALETTE = 0, 3
+
+# Integers up to 2**24 are exact in float32. Wider integers and doubles whose offset is
+# over 2**8 times their spread lose the picture in the float32 cast (int64 + 2**40 becomes
+# flat, float64 + 1e12 is quantised to steps of 65536), so their offset is removed first.
+FLOAT32_EXACT_INTEGERS = 2**24
+OFFSET_OVER_SPREAD = 2.0**8
 
 # Float pixels whose magnitude lies outside [2**-64, 2**64] are scaled by a power
 # of two before the float32 cast: float32 ends at 3.4e38 (1e300 becomes inf) and
@@ -106,7 +115,7 @@ def _first_ifd(data: bytes) -> dict[int, int] | None:
     return tags
 
 
-def _read_tiff_fast(data: bytes, name: Path) -> np.ndarray | None:
+def _read_tiff_fast(data: bytes, name: Path, *, as_stored: bool = False) -> np.ndarray | None:
     """The first page of a plain one-channel TIFF, decoded by libtiff (imagecodecs).
 
     Several times faster than tifffile's reader for small files (masks), which
@@ -119,6 +128,8 @@ def _read_tiff_fast(data: bytes, name: Path) -> np.ndarray | None:
         return None
     if tags.get(262, 1) not in TIFF_PHOTOMETRIC_AS_STORED:
         return None  # a one-ink separation and such: tifffile's path judges the colour model
+    if not as_stored and tags.get(262, 1) in (TIFF_PHOTOMETRIC_INVERTED, TIFF_PHOTOMETRIC_PALETTE):
+        return None  # an image to invert or colour: tifffile's path has the page's colour map
     _check_size(name, (tags[257], tags[256]))
     try:
         import imagecodecs
@@ -131,11 +142,11 @@ def _read_tiff_fast(data: bytes, name: Path) -> np.ndarray | None:
     return array
 
 
-def _read_tiff(source: io.BytesIO, name: Path, page: int) -> np.ndarray:
+def _read_tiff(source: io.BytesIO, name: Path, page: int, *, as_stored: bool = False) -> np.ndarray:
     import tifffile
 
     if page == 0:
-        fast = _read_tiff_fast(source.getvalue(), name)
+        fast = _read_tiff_fast(source.getvalue(), name, as_stored=as_stored)
         if fast is not None:
             return fast
 
@@ -148,10 +159,10 @@ def _read_tiff(source: io.BytesIO, name: Path, page: int) -> np.ndarray:
                             f"use --page 0..{len(pages) - 1}")
         tiff_page = pages[page]
         _check_size(name, tiff_page.shape)
-        return _tiff_pixels(tiff_page, tiff_page.asarray(), name)
+        return _tiff_pixels(tiff_page, tiff_page.asarray(), name, as_stored=as_stored)
 
 
-def _read_pillow(source: io.BytesIO, name: Path, page: int) -> np.ndarray:
+def _read_pillow(source: io.BytesIO, name: Path, page: int, *, as_stored: bool = False) -> np.ndarray:
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -173,6 +184,8 @@ def _read_pillow(source: io.BytesIO, name: Path, page: int) -> np.ndarray:
             if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
                 return np.asarray(img, dtype=np.uint16)
             if img.mode == "P":
+                if as_stored:
+                    return np.asarray(img)  # a palette mask's indices are its labels
                 img = img.convert("RGBA" if "transparency" in img.info else "RGB")
             elif img.mode not in PILLOW_MODES_AS_STORED:
                 img = _pillow_luminance(img, name)
@@ -195,11 +208,21 @@ def _pillow_luminance(img: Any, name: Path) -> Any:
                     "save the image as grayscale or RGB")
 
 
-def _tiff_pixels(page: Any, array: np.ndarray, name: Path) -> np.ndarray:
-    """A tifffile page's samples as intensities: colour models other than gray, RGB and
-    palette are converted to luminance by Pillow (as a JPEG in that mode is), or refused."""
+def _tiff_pixels(page: Any, array: np.ndarray, name: Path, *, as_stored: bool = False) -> np.ndarray:
+    """A tifffile page's samples, channels last: as intensities (MINISWHITE inverted, palette
+    indices coloured), or ``as_stored`` (a mask's labels). Colour models other than gray, RGB
+    and palette are converted to luminance by Pillow (as a JPEG in that mode is), or refused."""
     photometric = int(page.photometric) if page.photometric is not None else 1
+    axes = str(page.axes)
+    if "S" in axes and len(axes) == array.ndim:
+        array = np.moveaxis(array, axes.index("S"), -1)  # planar (separate) samples come first
     if photometric in TIFF_PHOTOMETRIC_AS_STORED:
+        if as_stored:
+            return array
+        if photometric == TIFF_PHOTOMETRIC_INVERTED:
+            return _inverted(array, int(page.bitspersample))
+        if photometric == TIFF_PHOTOMETRIC_PALETTE:
+            return _palette_colours(array, page.colormap, name)
         return array
     if photometric == 6 and int(page.compression) in (6, 7):
         return array  # JPEG-compressed YCbCr: the decoder already returns RGB
@@ -212,8 +235,6 @@ def _tiff_pixels(page: Any, array: np.ndarray, name: Path) -> np.ndarray:
     if mode == "CMYK" and inkset is not None and int(inkset.value) != 1:
         raise DataError(f"{what} with inks other than CMYK is not supported",
                         "save the image as grayscale or RGB")
-    if "S" in page.axes:
-        array = np.moveaxis(array, page.axes.index("S"), -1)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] < channels:
         raise DataError(f"{what} is supported with {channels} 8-bit samples per pixel only, "
                         f"not {array.shape[-1] if array.ndim == 3 else 1} of type {array.dtype}",
@@ -224,6 +245,51 @@ def _tiff_pixels(page: Any, array: np.ndarray, name: Path) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels, mode).convert("L"))
 
 
+def _inverted(array: np.ndarray, bits: int) -> np.ndarray:
+    """A MINISWHITE page as intensities: ``max - value`` for integers (the maximum of
+    ``bits`` bits, as Pillow reads such a file), ``-value`` for floats; extra samples
+    (alpha) are left as they are.
+
+    >>> _inverted(np.array([0, 200, 255], np.uint8), 8).tolist()
+    [255, 55, 0]
+    >>> _inverted(np.array([0, 3], np.uint8), 4).tolist(), _inverted(np.array([-128, 127], np.int8), 8).tolist()
+    ([15, 12], [127, -128])
+    """
+    gray = array[..., 0] if array.ndim == 3 else array
+    if gray.dtype == bool:
+        flipped = ~gray
+    elif gray.dtype.kind == "f":
+        flipped = -gray
+    elif gray.dtype.kind == "u" and bits < 8 * gray.dtype.itemsize:
+        flipped = np.asarray((1 << bits) - 1, gray.dtype) - gray
+    else:  # all bits used: ~v is max - v unsigned, and mirrors the signed range onto itself
+        flipped = ~gray
+    if array.ndim != 3:
+        return flipped
+    out = array.copy()
+    out[..., 0] = flipped
+    return out
+
+
+def _palette_colours(array: np.ndarray, colormap: Any, name: Path) -> np.ndarray:
+    """A PALETTE page's indices as their colour map's colours: one gray channel when the
+    map is gray, else RGB (weighed into luminance by :func:`to_grayscale`, as a palette PNG
+    is)."""
+    if colormap is None:
+        raise DataError(f"{name}: palette TIFF without a colour map", "save the image as grayscale or RGB")
+    if array.ndim != 2 or array.dtype.kind not in "bu":
+        raise DataError(f"{name}: palette TIFF with samples of shape {array.shape[2:] or 1} and type "
+                        f"{array.dtype} is not supported", "save the image as grayscale or RGB")
+    colours = np.asarray(colormap).reshape(3, -1)
+    index = array.astype(np.uint8) if array.dtype == bool else array
+    if index.size and int(index.max()) >= colours.shape[1]:
+        raise DataError(f"{name}: palette index {int(index.max())} is beyond the "
+                        f"{colours.shape[1]} colours of its colour map", "is the file corrupt?")
+    if (colours == colours[0]).all():
+        return colours[0][index]
+    return colours.T[index]
+
+
 @dataclass
 class LoadedImage:
     """An image array as stored, with the SHA-256 of the file it came from."""
@@ -232,9 +298,12 @@ class LoadedImage:
     sha256: str
 
 
-def load_image(path: str | Path, page: int = 0) -> LoadedImage:
-    """Read one image (one page of a multi-page TIFF) as stored, and hash its bytes.
+def load_image(path: str | Path, page: int = 0, *, as_stored: bool = False) -> LoadedImage:
+    """Read one image (one page of a multi-page TIFF) as intensities, and hash its bytes.
 
+    Intensities: a palette image's indices become their colours and a MINISWHITE TIFF is
+    inverted, so a picture reads the same however it was saved. ``as_stored=True`` keeps
+    the values as written instead (masks: a palette mask's indices are its labels).
     The file is read once; the hash identifies the content whatever its name.
     Raises :class:`NoInputError` for a missing file and :class:`DataError` for
     anything that is not a readable image.
@@ -252,9 +321,9 @@ def load_image(path: str | Path, page: int = 0) -> LoadedImage:
     source = io.BytesIO(data)
     try:
         if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-            array = _read_tiff(source, p, page)
+            array = _read_tiff(source, p, page, as_stored=as_stored)
         else:
-            array = _read_pillow(source, p, page)
+            array = _read_pillow(source, p, page, as_stored=as_stored)
     except (DataError, NoInputError):
         raise
     except MemoryError:
@@ -273,9 +342,11 @@ def load_image(path: str | Path, page: int = 0) -> LoadedImage:
     return LoadedImage(array=array, sha256=digest)
 
 
-def read_image(path: str | Path, page: int = 0) -> np.ndarray:
-    """Read one image as stored (see :func:`load_image`)."""
-    return load_image(path, page).array
+def read_image(path: str | Path, page: int = 0, *, as_stored: bool = True) -> np.ndarray:
+    """Read one image's values as stored (masks, label images, score maps: palette indices
+    and MINISWHITE values as written); ``as_stored=False`` reads intensities, as
+    :func:`load_image` does by default."""
+    return load_image(path, page, as_stored=as_stored).array
 
 
 def _require_real_pixels(array: np.ndarray, where: str) -> None:
@@ -323,6 +394,8 @@ def to_grayscale(array: np.ndarray) -> np.ndarray:
     _require_real_pixels(a, "image")
     if a.dtype == bool:
         a = a.astype(np.uint8)
+    if a.dtype.kind == "f" and a.dtype.itemsize < 4:
+        a = a.astype(np.float32)  # float16 widens exactly (and compares with 2**64 without overflow)
     if a.dtype.kind == "f":
         a = _tame_float_range(a)
     while a.ndim > 2 and a.shape[0] == 1:
@@ -332,12 +405,54 @@ def to_grayscale(array: np.ndarray) -> np.ndarray:
         if channels in (1, 2):  # gray or gray+alpha
             a = a[..., 0]
         else:
-            rgb = a[..., :3].astype(np.float32)
+            rgb = _as_float32(a[..., :3])
             a = rgb @ np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
     if a.ndim != 2:
         raise DataError(f"cannot treat an array of shape {array.shape} as one 2-D image",
                         "pick a page of a multi-page file with --page")
-    return a.astype(np.float32, copy=False)
+    return _as_float32(a)
+
+
+def _as_float32(a: np.ndarray) -> np.ndarray:
+    """``a`` as float32, with its offset removed first where the cast would round the
+    picture away (see :data:`OFFSET_OVER_SPREAD`): normalisation is offset-invariant, so
+    ``image + 2**40`` gives what ``image`` gives. uint8/uint16 and float32 images, and any
+    whose cast loses nothing that matters, are cast as they are.
+
+    The offset is the image's 0.5th percentile value (a pixel value, subtracted exactly in
+    the image's own type), and the spread its 0.5th..99.5th percentile range, as
+    :func:`normalize` sees it: one hot or dead pixel changes neither.
+
+    >>> _as_float32(np.array([2**40, 2**40 + 1, 2**40 + 2], np.int64)).tolist()
+    [0.0, 1.0, 2.0]
+    >>> _as_float32(np.array([1e12, 1e12 + 0.5, 1e12 + 1])).tolist()
+    [0.0, 0.5, 1.0]
+    """
+    wide_integer = a.dtype.kind in "iu" and a.dtype.itemsize > 2
+    if not (wide_integer or (a.dtype.kind == "f" and a.dtype.itemsize > 4)):
+        return a.astype(np.float32, copy=False)
+    values = a.ravel() if wide_integer else a[np.isfinite(a)]
+    if not values.size:
+        return a.astype(np.float32, copy=False)
+    lo, hi = np.percentile(values, [NORM_LOW_PERCENTILE, NORM_HIGH_PERCENTILE], method="nearest")
+    if not hi > lo:
+        lo, hi = values.min(), values.max()
+    peak = max(abs(float(lo)), abs(float(hi)))
+    if wide_integer and peak <= FLOAT32_EXACT_INTEGERS:
+        return a.astype(np.float32)
+    # Python ints: the spread of int64/uint64 values can exceed either type.
+    spread = int(hi) - int(lo) if wide_integer else float(hi) - float(lo)
+    if not peak > spread * OFFSET_OVER_SPREAD:
+        return a.astype(np.float32)
+    if not wide_integer:
+        return (a - lo).astype(np.float32)
+    # Exact differences in the unsigned type of the same width (wrapping arithmetic),
+    # signed by which side of the offset a pixel lies on.
+    unsigned = np.dtype(f"u{a.dtype.itemsize}")
+    values, offset = a.view(unsigned), np.asarray(lo, a.dtype).view(unsigned)
+    above = (values - offset).astype(np.float32)
+    below = (offset - values).astype(np.float32)
+    return np.where(a >= lo, above, -below)
 
 
 def normalize(gray: np.ndarray) -> np.ndarray:
@@ -346,12 +461,7 @@ def normalize(gray: np.ndarray) -> np.ndarray:
     NaN and infinite pixels are set to the median of the finite ones. A flat
     image (no contrast at all) maps to all zeros rather than amplified noise.
     """
-    a = np.asarray(gray, dtype=np.float32)
-    finite = np.isfinite(a)
-    if not finite.all():
-        if not finite.any():
-            return np.zeros(a.shape, dtype=np.float32)
-        a = np.where(finite, a, np.median(a[finite])).astype(np.float32)
+    a = _finite_or_median(gray)
     lo, hi = np.percentile(a, [NORM_LOW_PERCENTILE, NORM_HIGH_PERCENTILE])
     if not hi > lo:
         lo, hi = float(a.min()), float(a.max())
@@ -359,6 +469,92 @@ def normalize(gray: np.ndarray) -> np.ndarray:
             return np.zeros(a.shape, dtype=np.float32)
     out = (a - np.float32(lo)) / np.float32(hi - lo)
     return np.clip(out, 0.0, 1.0, out=out)
+
+
+PREPROCESS_MODES = ("percentile", "none", "sam8")
+"""What :func:`preprocess` can give a model (``--normalize auto`` picks the backend's own)."""
+
+
+def _finite_or_median(gray: np.ndarray) -> np.ndarray:
+    """``gray`` as float32, NaN and infinite pixels set to the median of the finite ones
+    (all of them non-finite: zeros), as :func:`normalize` does."""
+    a = np.asarray(gray, dtype=np.float32)
+    finite = np.isfinite(a)
+    if finite.all():
+        return a
+    if not finite.any():
+        return np.zeros(a.shape, dtype=np.float32)
+    return np.where(finite, a, np.median(a[finite])).astype(np.float32)
+
+
+def raw_intensities(gray: np.ndarray, source_dtype: np.dtype) -> np.ndarray:
+    """The stored intensities as float32, integers divided by their type's maximum.
+
+    uint8 / 255, uint16 / 65535, any integer type by ``np.iinfo(dtype).max`` (signed
+    types included: int16 / 32767, so negative pixels stay negative and 0 stays 0),
+    bool by 1; float images are returned as they are. Nothing is clipped or
+    stretched. NaN and infinite pixels become the median of the finite ones.
+
+    >>> raw_intensities(np.array([[0.0, 255.0]]), np.dtype(np.uint8)).tolist()
+    [[0.0, 1.0]]
+    >>> raw_intensities(np.array([[-32767.0, 32767.0]]), np.dtype(np.int16)).tolist()
+    [[-1.0, 1.0]]
+    >>> raw_intensities(np.array([[0.25, np.nan, 7.0]]), np.dtype(np.float32)).tolist()
+    [[0.25, 3.625, 7.0]]
+    """
+    a = _finite_or_median(gray)
+    dtype = np.dtype(source_dtype)
+    if dtype.kind in "iu":
+        return a / np.float32(np.iinfo(dtype).max)
+    return a  # bool (0/1 after to_grayscale) and floats
+
+
+def preprocess(gray: np.ndarray, source_dtype: np.dtype, mode: str) -> np.ndarray:
+    """The 2-D float32 image a model is given, from :func:`to_grayscale`'s output.
+
+    ``source_dtype`` is the dtype of the array as stored (``load_image(...).array.dtype``),
+    before :func:`to_grayscale` turned it into float32. ``mode``:
+
+    ``"percentile"``
+        :func:`normalize`: the 0.5th..99.5th percentile stretched to [0, 1] and
+        clipped. What monolayer's own U-Net, Mask R-CNN and classical methods, and
+        every checkpoint monolayer trained with it, expect.
+    ``"none"``
+        :func:`raw_intensities`: the stored values, integers divided by their type's
+        maximum (uint8 / 255, uint16 / 65535, signed by their positive maximum),
+        bool and floats as they are. Cellpose gets this: its own 1st..99th percentile
+        normalisation does not change when every pixel is multiplied by one
+        constant, so the network sees what ``CellposeModel.eval`` on the file's
+        pixels gives it.
+    ``"sam8"``
+        The 8-bit image SAM's predictor takes, as v / 255 (SAM's ``prepare`` turns it
+        back into uint8 by ``round(x * 255)``, which gives every value exactly).
+        An 8-bit image (uint8, or bool read as 0 / 255) goes in unchanged: ``"none"``.
+        Anything else (16-bit, 32-bit, float, int8) has no 8-bit form of its own and
+        gets one conversion, the ``"percentile"`` stretch, which ``prepare`` quantises
+        to 0..255.
+
+    NaN and infinite pixels become the median of the finite ones in every mode.
+
+    >>> v = np.arange(256, dtype=np.uint8)[None]
+    >>> x = preprocess(v.astype(np.float32), v.dtype, "sam8")
+    >>> bool((np.round(x * 255).astype(np.uint8) == v).all())
+    True
+    >>> preprocess(np.array([[0.0, 65535.0]]), np.dtype(np.uint16), "none").tolist()
+    [[0.0, 1.0]]
+    >>> preprocess(np.array([[100.0, 200.0]]), np.dtype(np.uint16), "sam8").tolist()
+    [[0.0, 1.0]]
+    """
+    if mode == "percentile":
+        return normalize(gray)
+    if mode == "none":
+        return raw_intensities(gray, source_dtype)
+    if mode == "sam8":
+        if np.dtype(source_dtype) in (np.dtype(np.uint8), np.dtype(bool)):
+            return raw_intensities(gray, source_dtype)
+        return normalize(gray)
+    raise UsageError(f"unknown input normalisation {mode!r}",
+                     f"choose one of: {', '.join(PREPROCESS_MODES)}")
 
 
 

@@ -3,10 +3,12 @@
 ``OUT/.monolayer/``:
 
 ``lock``
-    An exclusive ``flock`` held for the whole run. The kernel drops it when the
-    process ends, however it ends (``kill -9`` included), so a stale lock cannot
-    block the next night's run. A second run on the same folder exits 75
-    (temporary failure: try again later) or, with ``--wait``, waits for it.
+    An exclusive lock held for the whole run (``flock`` on POSIX, ``msvcrt.locking``
+    of one byte on Windows). The operating system drops it when the process ends,
+    however it ends (``kill -9`` included), so a stale lock cannot block the next
+    night's run. A second run on the same folder exits 75 (temporary failure: try
+    again later) naming the holder written in the file, or, with ``--wait``, waits
+    for it.
 ``segment.journal``
     One line per finished image, appended with a single ``write(2)`` on an
     ``O_APPEND`` descriptor after the image's mask is in place (masks are written
@@ -31,11 +33,11 @@ truncate or append to a file outside OUT.
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import json
 import os
 import stat
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,7 +70,9 @@ def open_state_file(out: Path, name: str, flags: int, what: str) -> int:
     """Open ``OUT/.monolayer/NAME`` (creating the folder) without following a link at
     either level; a link, or something that is not a regular file, is refused."""
     folder = state_dir(out)
-    flags |= NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    # O_BINARY (Windows only): in text mode os.write would turn each "\n" of the journal
+    # into "\r\n", and the byte counts and offsets below would no longer match the lines.
+    flags |= NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
     try:
         _not_a_link(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -97,25 +101,100 @@ def open_state_file(out: Path, name: str, flags: int, what: str) -> int:
 def output_lock(out: Path, wait: bool = False, on_wait: Any = None) -> Iterator[None]:
     """Hold ``OUT/.monolayer/lock`` for the block; busy: :class:`BusyError` or wait."""
     fd = open_state_file(out, "lock", os.O_RDWR | os.O_CREAT, "the lock")
+    locked = False
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
+        if not _lock(fd, block=False):
+            holder = _read_at(fd, 200, 0).decode("utf-8", "replace").strip() or "unknown"
             if not wait:
                 raise BusyError(f"another monolayer run ({holder}) is writing to {out}",
-                                "wait for it to finish, or pass --wait to queue behind it") from None
+                                "wait for it to finish, or pass --wait to queue behind it")
             if on_wait is not None:
                 on_wait(holder)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            _lock(fd, block=True)
+        locked = True
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        _write_at(fd, f"pid {os.getpid()}".encode(), 0)
         remove_own_partials(out)
         yield
     finally:
-        os.close(fd)  # releases the lock
+        if locked:
+            _unlock(fd)
+        os.close(fd)  # releases the lock (POSIX) whatever happened above
+
+
+# Windows locks are mandatory: a locked byte cannot be read by another process. The lock
+# is therefore taken on one byte far past the holder's "pid N", which stays readable to
+# the run that is refused or waits. (Locking past the end of a file is allowed there.)
+WINDOWS = os.name == "nt"
+_WINDOWS_LOCK_OFFSET = 1 << 30
+_WINDOWS_POLL_S = 0.2
+
+
+def _lock(fd: int, *, block: bool) -> bool:
+    """Take the exclusive lock on ``fd``; False if another process holds it and not ``block``.
+
+    The platform's module is imported here, not at the top: ``fcntl`` does not exist
+    on Windows and ``msvcrt`` exists only there, and the whole CLI imports this module.
+    """
+    if WINDOWS:
+        return _lock_windows(fd, block=block)
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        return False
+    return True
+
+
+def _lock_windows(fd: int, *, block: bool) -> bool:
+    import msvcrt
+
+    busy = {errno.EACCES, getattr(errno, "EDEADLOCK", errno.EDEADLK)}
+    while True:
+        os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+        try:
+            # LK_NBLCK, polled: LK_LOCK gives up with an error after ten seconds, --wait must not.
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError as exc:
+            if exc.errno not in busy:
+                raise
+        if not block:
+            return False
+        time.sleep(_WINDOWS_POLL_S)
+
+
+def _unlock(fd: int) -> None:
+    """Release the lock explicitly on Windows, where a lock left to ``close`` is freed after a
+    delay that "depends upon available system resources"; on POSIX closing ``fd`` releases it."""
+    if not WINDOWS:
+        return
+    import msvcrt
+
+    os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+    try:
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    except OSError:
+        pass  # closing the descriptor next releases it anyway
+
+
+def _read_at(fd: int, size: int, offset: int) -> bytes:
+    """``os.pread`` where it exists (not on Windows); the descriptor is this module's own."""
+    if hasattr(os, "pread"):
+        return os.pread(fd, size, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, size)
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    if hasattr(os, "pwrite"):
+        os.pwrite(fd, data, offset)
+        return
+    os.lseek(fd, offset, os.SEEK_SET)
+    os.write(fd, data)
 
 
 def file_identity(path: str) -> list[int] | None:

@@ -54,11 +54,12 @@ def write_score_map(target: Path, score: np.ndarray) -> str:
 
 
 def read_mask_array(path: str | Path) -> np.ndarray:
-    """A mask or label image as a 2-D array, values as stored (an RGB(A) mask becomes
-    its non-zero pixels, a single-page stack its page)."""
+    """A mask or label image as a 2-D array, values as stored (a palette mask's indices are
+    its labels, never its colours; an RGB(A) mask becomes its non-zero pixels, a single-page
+    stack its page)."""
     from monolayer.io.images import read_image
 
-    array = read_image(path)
+    array = read_image(path, as_stored=True)
     if array.ndim == 3:
         if array.shape[-1] in (3, 4):
             array = array[..., :3].any(axis=-1)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -73,30 +73,32 @@ def _state(out: Path) -> Path:
     return folder
 
 
-def note_outputs(out: Path, names: Iterable[str]) -> None:
-    """Remember that this run wrote ``names`` (file names in ``out``), so a later
-    ``--overwrite`` deletes exactly them."""
-    data = "".join(f"{os.path.basename(n)}\n" for n in names if n)
-    if not data:
-        return
-    fd = _open_append(_state(out) / OUTPUTS)
-    try:
-        os.write(fd, data.encode("utf-8", "surrogateescape"))
-    except OSError as exc:
-        raise OutputError(f"cannot write {out / STATE_DIR / OUTPUTS}: {exc.strerror or exc}",
-                          "check free disk space") from None
-    finally:
-        os.close(fd)
+class OutputList:
+    """The names of the files runs of this configuration write in ``out`` (``outputs.list``),
+    so a later ``--overwrite`` deletes exactly them. Names are added *before* their
+    files are written, so a file exists only if its name is listed, whatever happens
+    to the run (a kill, a failed record); each name is listed once."""
 
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.path = _state(out) / OUTPUTS
+        self._known: set[str] = set()
+        if self.path.is_file() and not self.path.is_symlink():
+            self._known = set(self.path.read_bytes().decode("utf-8", "surrogateescape").splitlines())
 
-def noting_outputs(out: Path, records: Iterable[dict[str, Any]],
-                   fields: tuple[str, ...]) -> Iterator[dict[str, Any]]:
-    """Pass records on, first remembering the files each newly written one names in
-    ``fields`` (so a later ``--overwrite`` deletes them)."""
-    for record in records:
-        if "error" not in record and not record.get("reused"):
-            note_outputs(out, [record[f] for f in fields if record.get(f)])
-        yield record
+    def add(self, names: Iterable[str]) -> None:
+        new = list(dict.fromkeys(os.path.basename(n) for n in names
+                                 if n and os.path.basename(n) not in self._known))
+        if not new:
+            return
+        fd = _open_append(self.path)
+        try:
+            os.write(fd, "".join(f"{n}\n" for n in new).encode("utf-8", "surrogateescape"))
+        except OSError as exc:
+            raise OutputError(f"cannot write {self.path}: {exc.strerror or exc}", "check free disk space") from None
+        finally:
+            os.close(fd)
+        self._known.update(new)
 
 
 def _remove_outputs(out: Path) -> int:

@@ -32,7 +32,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from monolayer.backends.cellpose import load_weights, new_model, run_eval, sync_diameters
+from monolayer.backends.cellpose.model import load_weights, new_model, run_eval, sync_diameters
 from monolayer.devices import resolve_device
 from monolayer.errors import DataError
 from monolayer.training.common import TrainOptions, step, validation_metrics
@@ -50,7 +50,12 @@ MIN_DIAMETER = 5.0
 
 
 def _prepare(pairs: list[Pair], device: torch.device) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
-    """Cellpose-normalised 2-channel images, flow targets and diameters of the usable pairs."""
+    """Cellpose-normalised 2-channel images, flow targets and diameters of the usable pairs.
+
+    The pairs hold the raw intensities (``load_pairs(..., preprocess="none")``), which
+    ``_reshape_norm`` takes through ``convert_image`` and ``normalize_img`` with its
+    defaults (1st..99th percentile), as ``CellposeModel.eval`` does and so ``segment``.
+    """
     from cellpose import dynamics, models, train, utils
 
     images = train._reshape_norm([p.image for p in pairs], channels=[0, 0],

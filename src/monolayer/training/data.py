@@ -1,4 +1,4 @@
-"""Training pairs (normalised image, instance labels) from truth records, and augmentation."""
+"""Training pairs (preprocessed image, instance labels) from truth records, and augmentation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 
 from monolayer.commands.evaluate import resolve
 from monolayer.errors import DataError, NoInputError
-from monolayer.io.images import load_image, normalize, resize_longest, to_grayscale
+from monolayer.io.images import load_image, preprocess as preprocess_image, resize_longest, to_grayscale
 from monolayer.io.masks import read_mask_array
 from monolayer.io.truth import truth_records
 
@@ -18,7 +18,7 @@ from monolayer.io.truth import truth_records
 @dataclass
 class Pair:
     image_path: str
-    image: np.ndarray   # float32 in [0, 1], resized
+    image: np.ndarray   # float32 as segment gives the model (io.images.preprocess), resized
     labels: np.ndarray  # int32 instance labels (0 = background), same shape, resized nearest-neighbour
     sha256: str
     foreground: np.ndarray | None = None
@@ -54,8 +54,13 @@ def read_labels(path: Path) -> np.ndarray:
     return array.astype(np.int32)
 
 
-def load_pairs(path: Path, resize: int | None) -> list[Pair]:
-    """Image/label pairs from coco2mask JSON Lines or a folder with images/ and masks/."""
+def load_pairs(path: Path, resize: int | None, preprocess: str = "percentile") -> list[Pair]:
+    """Image/label pairs from coco2mask JSON Lines or a folder with images/ and masks/.
+
+    Each image is given to the model as ``segment`` gives it: ``preprocess`` is the
+    :func:`monolayer.io.images.preprocess` mode (the backend's ``SPEC.preprocess``), applied
+    with the image's stored dtype, then the image is resized as ``segment --resize`` does.
+    """
     path = Path(path)
     base = path if path.is_dir() else path.parent
     pairs = []
@@ -66,7 +71,7 @@ def load_pairs(path: Path, resize: int | None) -> list[Pair]:
             raise DataError(f"{path}: {record['image']} is not the image its truth record was made for "
                             f"(image_sha256 {expected[:12]}..., the file has {loaded.sha256[:12]}...)",
                             "the image changed since coco2mask ran; rerun it")
-        image = normalize(to_grayscale(loaded.array))
+        image = preprocess_image(to_grayscale(loaded.array), loaded.array.dtype, preprocess)
         labels = read_labels(resolve(record["mask"], base))
         if labels.shape != image.shape:
             raise DataError(f"{record['mask']}: mask {labels.shape} and image {image.shape} differ in shape")

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from monolayer.backends.maskrcnn import build_model, detect, load_model
+from monolayer.backends.maskrcnn.model import build_model, detect, load_model
 from monolayer.devices import resolve_device
 from monolayer.training.common import TrainOptions, step, validation_metrics
 from monolayer.training.data import Pair, augment, fingerprint

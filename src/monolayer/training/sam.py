@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from monolayer.backends.sam import IMAGE_SIZE, load_sam, prepare, promptless_logits
+from monolayer.backends.sam.model import IMAGE_SIZE, load_sam, prepare, promptless_logits
 from monolayer.devices import resolve_device
 from monolayer.training.common import TrainOptions, dice_loss, validation_metrics
 from monolayer.training.data import Pair, fingerprint

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from monolayer.backends.unet import UNet
+from monolayer.backends.unet.model import UNet
 from monolayer.devices import resolve_device
 from monolayer.training.common import TrainOptions, dice_loss, step, validation_metrics
 from monolayer.training.data import Pair, augment, fingerprint, random_crop

@@ -12,9 +12,9 @@ Why cellpose 3 and not 4: 3.1's CPnet has 6.6 M parameters and segments an image
 about a second on a CPU; cellpose 4's CPSAM is a ViT-L (about 300 M parameters) at
 20-60 s per image on a CPU.
 
-Prediction runs ``CellposeModel.eval`` on the grayscale image (channels ``[0, 0]``,
-cellpose's own 1st-99th percentile normalisation, which is what its checkpoints were
-trained with). The mask is the union of the instances; the score is the cell
+Prediction runs ``CellposeModel.eval`` on the grayscale image's raw intensities
+(channels ``[0, 0]``, cellpose's own 1st-99th percentile normalisation, which is what
+its checkpoints were trained with; ``monolayer.io.images.preprocess`` mode ``"none"``). The mask is the union of the instances; the score is the cell
 probability ``sigmoid(cellprob logits)`` at the image's size.
 
 Diameter
@@ -25,14 +25,10 @@ Diameter
     :func:`monolayer.metrics.mean_diameter` gives the paper's "mean cell diameter computed from the
     labelled data".
 
-Thresholds and their precedence
-    1. a constructor value that differs from cellpose's default (``flow_threshold``
-       0.4, ``cellprob_threshold`` 0.0) wins;
-    2. else the value in ``thresholds_file`` (written by
-       :func:`monolayer.commands.cellpose_search.write_thresholds`);
-    3. else the default.
-    Passing the default value explicitly cannot be told apart from not passing it, so
-    it does not override the file.
+Thresholds
+    ``flow_threshold`` and ``cellprob_threshold`` as given; which of a flag, a
+    ``--thresholds`` file, the checkpoint's sidecar or the default supplied them is
+    decided by the CLI (see :mod:`monolayer.backends._spec`).
 """
 
 from __future__ import annotations
@@ -52,6 +48,7 @@ import torch
 from monolayer.backends._base import Prediction
 from monolayer.backends._torch import RuntimeOptions, TorchBackend
 from monolayer.errors import DataError, NoInputError, UsageError
+from monolayer.backends.cellpose import read_thresholds  # noqa: F401 - re-exported
 from monolayer.weights import load_state_dict
 
 DEFAULT_FLOW_THRESHOLD = 0.4
@@ -79,28 +76,6 @@ class FlowOutputs:
     """Cell probability logits, shape (H, W)."""
     niter: int
     """Euler steps for following the flows (cellpose: 200 / rescale when resampling)."""
-
-
-def read_thresholds(path: Path) -> dict[str, float]:
-    """``flow_threshold`` and ``cellprob_threshold`` from a threshold-search JSON file."""
-    path = Path(path)
-    if not path.is_file():
-        raise NoInputError(f"no such thresholds file: {path}",
-                           "write one with the Cellpose threshold search")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path}: cannot read thresholds ({exc})") from None
-    out = {}
-    for key in ("flow_threshold", "cellprob_threshold"):
-        value = data.get(key) if isinstance(data, dict) else None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise DataError(f"{path}: {key!r} missing or not a finite number",
-                            "expected the JSON written by the Cellpose threshold search")
-        out[key] = float(value)
-    if out["flow_threshold"] < 0:
-        raise DataError(f"{path}: flow_threshold must be >= 0, not {out['flow_threshold']}")
-    return out
 
 
 def _check_state_dict(state: dict[str, Any], expected: dict[str, torch.Tensor], path: Path) -> None:
@@ -163,8 +138,16 @@ def sync_diameters(model: Any, where: str) -> None:
 def run_eval(model: Any, image: np.ndarray, *, diameter: float, flow_threshold: float = DEFAULT_FLOW_THRESHOLD,
              cellprob_threshold: float = DEFAULT_CELLPROB_THRESHOLD, compute_masks: bool = True,
              autocast: Any = None) -> tuple[np.ndarray, list[np.ndarray]]:
-    """``CellposeModel.eval`` on one grayscale image as the backend runs it (channels [0, 0],
-    cellpose's own normalisation): instance labels and cellpose's flows list."""
+    """``CellposeModel.eval`` on one grayscale image as the backend runs it: instance labels
+    and cellpose's flows list.
+
+    Exactly ``eval(image, channels=[0, 0], diameter=diameter, flow_threshold=...,
+    cellprob_threshold=...)`` with cellpose's defaults: its own 1st..99th percentile
+    normalisation of ``image`` (so ``image`` should be the raw intensities, see
+    :func:`monolayer.io.images.preprocess` ``"none"``), ``min_size`` 15,
+    ``max_size_fraction`` 0.4. ``normalize`` is passed as a dict because cellpose 3.1
+    writes a bool ``normalize`` into its module-wide ``normalize_default``.
+    """
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 2:
         raise DataError(f"cellpose backend takes one 2-D image, not shape {image.shape}")
@@ -187,8 +170,7 @@ class CellposeBackend(TorchBackend):
 
     def __init__(self, *, runtime: RuntimeOptions, diameter: float | None = None,
                  flow_threshold: float = DEFAULT_FLOW_THRESHOLD,
-                 cellprob_threshold: float = DEFAULT_CELLPROB_THRESHOLD,
-                 thresholds_file: Path | None = None) -> None:
+                 cellprob_threshold: float = DEFAULT_CELLPROB_THRESHOLD) -> None:
         if diameter is not None and not (math.isfinite(diameter) and diameter > 0):
             raise UsageError(f"--diameter must be a positive number of pixels, not {diameter}")
         for label, value in (("flow threshold", flow_threshold),
@@ -197,13 +179,8 @@ class CellposeBackend(TorchBackend):
                 raise UsageError(f"{label} must be a finite number, not {value}")
         if flow_threshold < 0:
             raise UsageError(f"flow threshold must be >= 0 (0 turns the check off), not {flow_threshold}")
-        # Read the file before loading weights so a typo fails fast.
-        from_file = read_thresholds(Path(thresholds_file)) if thresholds_file is not None else {}
-        self.thresholds_file = Path(thresholds_file) if thresholds_file is not None else None
-        self.flow_threshold = (flow_threshold if flow_threshold != DEFAULT_FLOW_THRESHOLD
-                               else from_file.get("flow_threshold", flow_threshold))
-        self.cellprob_threshold = (cellprob_threshold if cellprob_threshold != DEFAULT_CELLPROB_THRESHOLD
-                                   else from_file.get("cellprob_threshold", cellprob_threshold))
+        self.flow_threshold = float(flow_threshold)
+        self.cellprob_threshold = float(cellprob_threshold)
 
         super().__init__(runtime)
         model = new_model(self.device)
@@ -311,13 +288,10 @@ def _quiet_sparse() -> Any:
 
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    """Float32 probabilities in [0, 1] without overflow warnings for large logits."""
-    out = np.empty_like(logits, dtype=np.float32)
-    pos = logits >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-logits[pos]))
-    e = np.exp(logits[~pos])
-    out[~pos] = e / (1.0 + e)
-    return out
+    """Float32 probabilities in [0, 1]; ``expit`` saturates large logits without overflow warnings."""
+    from scipy.special import expit
+
+    return expit(np.asarray(logits, dtype=np.float32))
 
 
 def _outputs_to_float32(_module: Any, _inputs: Any, output: Any) -> Any:

@@ -1,5 +1,9 @@
 """Segment Anything (segment-anything 1.0) as a confluence backend, zero-shot or fine-tuned.
 
+The input is the 8-bit grayscale image replicated to RGB, as ``SamPredictor.set_image``
+takes it: an 8-bit file's own pixel values, a 16-bit or float one stretched to 8 bits
+once (``monolayer.io.images.preprocess`` mode ``"sam8"``).
+
 ``promptless`` (the paper's pipeline): the image is resized so its longest side
 is 1024 (ResizeLongestSide) and padded to 1024 x 1024; image encoder -> prompt
 encoder with no points, boxes or masks -> mask decoder with a single mask
@@ -91,11 +95,21 @@ def load_sam(path: Path) -> tuple[Any, SamArchitecture]:
 
 def prepare(model: Any, resize: Any, image: np.ndarray,
             device: torch.device) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Normalised gray -> SAM's padded 1024 x 1024 input and the resized size."""
-    rgb = np.repeat((np.clip(image, 0, 1) * 255).round().astype(np.uint8)[..., None], 3, axis=2)
+    """Gray in [0, 1] -> SAM's padded 1024 x 1024 input and the resized size.
+
+    ``image`` is the 8-bit image as v / 255 (:func:`monolayer.io.images.preprocess`
+    ``"sam8"``): ``round(x * 255)`` gives back every 8-bit value exactly, and from the
+    gray replicated to RGB on, this is ``SamPredictor.set_image``'s own path.
+    """
+    rgb = to_rgb8(image)
     resized = resize.apply_image(rgb)
     tensor = torch.as_tensor(resized, device=device).permute(2, 0, 1).contiguous()
     return model.preprocess(tensor[None].float()), resized.shape[:2]
+
+
+def to_rgb8(image: np.ndarray) -> np.ndarray:
+    """Gray in [0, 1] -> the uint8 RGB image SAM takes (``round(x * 255)`` in each channel)."""
+    return np.repeat((np.clip(image, 0, 1) * 255).round().astype(np.uint8)[..., None], 3, axis=2)
 
 
 def promptless_logits(model: Any, embedding: torch.Tensor, input_size: tuple[int, int],
@@ -188,13 +202,17 @@ class SamBackend(TorchBackend):
         from scipy import ndimage as ndi
 
         from monolayer.backends.phase import PhaseParams, noise_sigma
+        from monolayer.io.images import normalize
 
-        rgb = np.repeat((np.clip(image, 0, 1) * 255).round().astype(np.uint8)[..., None], 3, axis=2)
+        rgb = to_rgb8(image)
         generator = SamAutomaticMaskGenerator(self.model, points_per_side=self.points_per_side,
                                               output_mode="binary_mask")
         with self.autocast():
             masks = generator.generate(rgb)
         params = PhaseParams()
+        # The phase thresholds are fractions of the robust intensity range: measured on the
+        # stretched image, whatever contrast the 8-bit image SAM saw has.
+        image = normalize(image)
         mean = ndi.gaussian_filter(image, params.window_sigma)
         texture = np.sqrt(np.maximum(ndi.gaussian_filter(image * image, params.window_sigma) - mean * mean, 0))
         flat = max(params.t_abs, params.k_noise * noise_sigma(image))

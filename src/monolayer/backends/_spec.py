@@ -1,0 +1,129 @@
+"""How a backend declares itself: its options, how it is built and trained, what input it takes.
+
+A backend's module (``backends/<name>/__init__.py`` for the learned ones) holds one
+:class:`BackendSpec`, importable without its framework. Everything the CLI knows
+about a backend comes from there: which ``segment`` and ``train`` options it
+takes (each "not given" unless the user gives it), their defaults, which of
+them a checkpoint's sidecar may set, the input normalisation its weights
+expect, and where its model class and trainer live. Adding a backend is its
+own module plus one line in :data:`monolayer.backends.BACKENDS`.
+
+Parameter precedence, for every option: an explicit flag, then a file given by
+a flag (``--thresholds``), then the checkpoint's sidecar, then the default.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from monolayer.errors import UnavailableError
+
+NORMALIZATIONS = ("auto", "none", "percentile")
+"""``--normalize``: ``auto`` = what the backend's weights expect (its ``preprocess``);
+``none`` = the raw intensities as float32; ``percentile`` = monolayer's robust
+0.5th-99.5th percentile stretch to [0, 1]."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """One command-line option a backend takes.
+
+    ``kind`` is the Python type of the value (``float``, ``int``, ``str``, ``bool``,
+    ``list`` for repeatable paths); ``default`` is what the backend uses when the
+    option is given nowhere (shown in ``--help``); ``sidecar`` marks a value a
+    checkpoint's sidecar may supply.
+    """
+
+    name: str
+    kind: type
+    help: str
+    default: Any = None
+    choices: tuple[str, ...] | None = None
+    panel: str = "Model"
+    min: float | None = None
+    sidecar: bool = False
+    flag: str | None = None
+    short: str | None = None
+    metavar: str | None = None
+
+    @property
+    def cli_flag(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+
+# Options every learned backend shares (segment).
+RUNTIME_OPTIONS = (
+    Option("weights", str, "Checkpoint file, or the name of a published checkpoint already fetched "
+           "into the cache (see 'monolayer models').", metavar="FILE|NAME", short="-w"),
+    Option("device", str, "Where to run; an unavailable device is an error.", default="auto",
+           choices=("auto", "cpu", "cuda", "mps"), panel="Hardware"),
+    Option("precision", str, "fp32, or bf16 for the heavy encoders where the hardware supports it.",
+           default="fp32", choices=("fp32", "bf16"), panel="Hardware"),
+    Option("batch_size", int, "Images per forward pass.", default=1, min=1, panel="Hardware"),
+    Option("seed", int, "Random seed.", default=0, panel="Hardware"),
+)
+RUNTIME_NAMES = tuple(o.name for o in RUNTIME_OPTIONS)
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """Everything about a backend that is known without importing its framework."""
+
+    name: str
+    summary: str
+    target: str
+    """``module:Class`` of the model (imported only when the backend is built)."""
+    needs_weights: bool
+    requires: tuple[str, ...] = ()
+    """Python packages the backend imports (checked without importing them)."""
+    segment_options: tuple[Option, ...] = ()
+    train_options: tuple[Option, ...] = ()
+    trainer: str | None = None
+    """``module:function`` that trains it (None: nothing to train)."""
+    preprocess: str = "percentile"
+    """What ``--normalize auto`` gives this backend (see :func:`monolayer.io.images.preprocess`)."""
+    prepare: str | None = None
+    """``module:function`` turning the given options into (values from files named by
+    options, the options made ready for the constructor): e.g. cellpose's --thresholds
+    file and --diameter auto. Must live in a module that imports no framework."""
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+    def missing(self) -> list[str]:
+        """Required packages that are not installed here (found without importing them)."""
+        import importlib.util
+
+        missing = []
+        for name in self.requires:
+            try:
+                found = importlib.util.find_spec(name) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                missing.append(name)
+        return missing
+
+    def require(self, what: str) -> None:
+        """Raise :class:`UnavailableError` (exit 69) naming what to install, if anything is missing."""
+        missing = self.missing()
+        if missing:
+            raise UnavailableError(f"{what} needs {', '.join(missing)}, which is not installed",
+                                   "pip install 'monolayer[models]'")
+
+    def load(self, target: str) -> Any:
+        """The object at ``module:name``, its import failures as exit 69."""
+        self.require(f"model {self.name!r}")
+        module_name, attribute = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise UnavailableError(f"model {self.name!r} needs {exc.name or exc}, which is not installed",
+                                   "pip install 'monolayer[models]'") from None
+        return getattr(module, attribute)
+
+    def segment_option(self, name: str) -> Option | None:
+        return next((o for o in self.segment_options if o.name == name), None)
+
+    def train_option(self, name: str) -> Option | None:
+        return next((o for o in self.train_options if o.name == name), None)

@@ -26,8 +26,19 @@ _monolayer() {
             case "$prev" in
                 -o|--out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 -m|--model) COMPREPLY=($(compgen -W "classical sam cellpose maskrcnn unet" -- "$cur")); return ;;
+                --page) COMPREPLY=(); return ;;
+                --resize) COMPREPLY=(); return ;;
+                --normalize) COMPREPLY=($(compgen -W "auto none percentile" -- "$cur")); return ;;
+                -j|--jobs) COMPREPLY=(); return ;;
+                --shard) COMPREPLY=(); return ;;
+                --executor) COMPREPLY=($(compgen -W "local dask" -- "$cur")); return ;;
+                --scheduler) COMPREPLY=(); return ;;
                 --method) COMPREPLY=($(compgen -W "phase canny" -- "$cur")); return ;;
                 -w|--weights) COMPREPLY=(); return ;;
+                --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
+                --precision) COMPREPLY=($(compgen -W "fp32 bf16" -- "$cur")); return ;;
+                --batch-size) COMPREPLY=(); return ;;
+                --seed) COMPREPLY=(); return ;;
                 --mode) COMPREPLY=($(compgen -W "promptless auto" -- "$cur")); return ;;
                 --threshold) COMPREPLY=(); return ;;
                 --tile) COMPREPLY=(); return ;;
@@ -38,40 +49,30 @@ _monolayer() {
                 --cellprob-threshold) COMPREPLY=(); return ;;
                 --thresholds) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --score-threshold) COMPREPLY=(); return ;;
-                --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
-                --precision) COMPREPLY=($(compgen -W "fp32 bf16" -- "$cur")); return ;;
-                --batch-size) COMPREPLY=(); return ;;
-                --seed) COMPREPLY=(); return ;;
-                --page) COMPREPLY=(); return ;;
-                --resize) COMPREPLY=(); return ;;
-                -j|--jobs) COMPREPLY=(); return ;;
-                --shard) COMPREPLY=(); return ;;
-                --executor) COMPREPLY=($(compgen -W "local dask" -- "$cur")); return ;;
-                --scheduler) COMPREPLY=(); return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-o --out -m --model --method -w --weights --mode --threshold --tile --points-per-side --diameter --truth --flow-threshold --cellprob-threshold --thresholds --score-threshold --device --precision --batch-size --seed --save-prob --page --resize -r --recursive --skip-existing --wait --fail-fast -j --jobs --shard --executor --scheduler --overwrite -q --quiet -h --help" -- "$cur"))
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-o --out -m --model --save-prob --page --resize --normalize --ignore-sidecar -r --recursive --skip-existing --wait --fail-fast -j --jobs --shard --executor --scheduler --overwrite --method -w --weights --device --precision --batch-size --seed --mode --threshold --tile --points-per-side --diameter --truth --flow-threshold --cellprob-threshold --thresholds --score-threshold -q --quiet -h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         entropy-rank)
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-q --quiet -h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         train)
             case "$prev" in
-                -m|--model) COMPREPLY=($(compgen -W "classical sam cellpose maskrcnn unet" -- "$cur")); return ;;
+                -m|--model) COMPREPLY=($(compgen -W "sam cellpose maskrcnn unet" -- "$cur")); return ;;
                 --train) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --epochs) COMPREPLY=(); return ;;
                 -o|--out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --val) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --resize) COMPREPLY=(); return ;;
-                -w|--weights) COMPREPLY=(); return ;;
                 --lr) COMPREPLY=(); return ;;
-                --patch) COMPREPLY=(); return ;;
-                --crops-per-image) COMPREPLY=(); return ;;
-                --base-channels) COMPREPLY=(); return ;;
                 --batch-size) COMPREPLY=(); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --seed) COMPREPLY=(); return ;;
+                -w|--weights) COMPREPLY=(); return ;;
+                --patch) COMPREPLY=(); return ;;
+                --crops-per-image) COMPREPLY=(); return ;;
+                --base-channels) COMPREPLY=(); return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-m --model --train --epochs -o --out --val --resize --augment --no-augment -w --weights --lr --patch --crops-per-image --base-channels --batch-size --device --seed --overwrite --restart -q --quiet -h --help" -- "$cur"))
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-m --model --train --epochs -o --out --val --resize --augment --no-augment --lr --batch-size --device --seed --overwrite --restart -w --weights --patch --crops-per-image --base-channels -q --quiet -h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         evaluate)
             case "$prev" in

@@ -301,3 +301,112 @@ def test_the_reader_is_lazy_and_names_file_and_line(tmp_path):
     assert [type(v).__name__ for _, v in iter_jsonl(path, errors="yield")] == ["dict", "DataError"]
     with pytest.raises(DataError, match="where: a key contains a NUL byte"):
         parse_line('{"a\\u0000": 1}', "where")
+
+
+# -- stats: tagged records, huge and far-out numbers, group keys ---------------------------------
+
+HUGE = "1" + "0" * 400  # a JSON integer with 401 digits: Python reads it, float() refuses it
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def eval_lines(iou: str = "0.5", tag: str = "") -> list[str]:
+    """Eval records of two strategies, two rounds, two repeats; the last one's iou is ``iou``."""
+    lines = [f'{{{tag}"image": "i{rep}.tif", "strategy": "{s}", "round": {r}, "repeat": {rep}, '
+             f'"iou": 0.{r}{rep}}}' for s in ("a", "b") for r in (1, 2) for rep in (1, 2)]
+    lines[-1] = lines[-1].rsplit('"iou"', 1)[0] + f'"iou": {iou}}}'
+    return lines
+
+
+def test_stats_checks_records_tagged_with_a_monolayer_schema(cli, tmp_path):
+    tagged = write_lines(tmp_path / "t.jsonl", ['{"iou": 0.5}', '{"schema": "monolayer.eval/1", "iou": 5}'])
+    run = cli("stats", tagged)
+    assert run.code == 65 and run.stdout == ""
+    assert run.stderr == f"monolayer: error: {tagged}:2: field 'iou' is 5, expected a number from 0 to 1\n"
+    newer = write_lines(tmp_path / "v.jsonl", ['{"schema": "monolayer.eval/2", "iou": 0.5}'])
+    assert cli("stats", newer).code == 65
+    # Untagged records and other tools' tags stay free-form.
+    free = write_lines(tmp_path / "f.jsonl", ['{"iou": 5}', '{"schema": "other.eval/1", "iou": 1}'])
+    run = cli("stats", free)
+    assert run.code == 0 and run.records[0]["mean"] == 3.0
+    bad = write_lines(tmp_path / "r.jsonl", eval_lines("5", tag='"schema": "monolayer.eval/1", '))
+    good = write_lines(tmp_path / "g.jsonl", eval_lines())
+    for args in (["rounds", bad, "--metric", "iou"], ["compare", good, bad, "--metric", "iou"]):
+        run = cli("stats", *args)
+        assert run.code == 65 and run.stdout == "", args
+        assert run.stderr == f"monolayer: error: {bad}:8: field 'iou' is 5, expected a number from 0 to 1\n"
+
+
+def test_stats_of_numbers_near_the_float_limit_is_exact_or_an_error_never_null(cli, tmp_path):
+    big = write_lines(tmp_path / "b.jsonl", ['{"x": 1e308}'] * 3)
+    run = cli("stats", big)
+    assert run.code == 0 and run.stderr == ""
+    [record] = run.records
+    assert (record["mean"], record["std"], record["median"], record["iqr"]) == (1e308, 0.0, 1e308, 0.0)
+    tiny = write_lines(tmp_path / "s.jsonl", ['{"x": 1e-200}', '{"x": 3e-200}'])
+    assert cli("stats", tiny).records[0]["std"] == pytest.approx(2**0.5 * 1e-200)
+    # A std beyond +-1.8e308 has no float: an error naming the field, not a null.
+    apart = write_lines(tmp_path / "a.jsonl", ['{"x": 1.7e308}', '{"x": -1.7e308}'])
+    run = cli("stats", apart)
+    assert run.code == 65 and run.stdout == ""
+    assert "field 'x': the std is beyond the floating-point range" in run.stderr
+    runs = write_lines(tmp_path / "r.jsonl", [line.replace('"iou": 0.', '"iou": 1.').replace("}", "e308}")
+                                              for line in eval_lines()])  # 1.11e308 ... 1.22e308: their sums overflow
+    run = cli("stats", "rounds", runs, "--metric", "iou")
+    assert run.code == 0 and run.stderr == ""
+    assert all(r["mean"] is not None for r in run.records if r["record"] == "summary")
+    high = write_lines(tmp_path / "h.jsonl", ['{"image": "a", "iou": 1e308}', '{"image": "b", "iou": 1e308}'])
+    low = write_lines(tmp_path / "l.jsonl", ['{"image": "a", "iou": -1e308}', '{"image": "b", "iou": -1e308}'])
+    run = cli("stats", "compare", high, high, "--metric", "iou")
+    assert run.code == 0 and run.stderr == "" and run.records[0]["mean"] == 1e308
+    run = cli("stats", "compare", high, low, "--metric", "iou")
+    assert run.code == 65 and run.stdout == "" and "beyond the floating-point range" in run.stderr
+
+
+def test_an_integer_beyond_float_range_is_exit_65_with_file_and_line(cli, tmp_path, monkeypatch):
+    message = "field 'iou' is an integer beyond the floating-point range"
+    plain = write_lines(tmp_path / "p.jsonl", ['{"iou": 0.5}', '{"iou": ' + HUGE + '}'])
+    run = cli("stats", plain)
+    assert run.code == 65 and run.stderr == f"monolayer: error: {plain}:2: {message} (+-1.8e308)\n"
+    runs = write_lines(tmp_path / "r.jsonl", eval_lines(HUGE))
+    good = write_lines(tmp_path / "g.jsonl", eval_lines())
+    for args in (["rounds", runs, "--metric", "iou"], ["compare", good, runs, "--metric", "iou"]):
+        run = cli("stats", *args)
+        assert run.code == 65 and run.stdout == "", args
+        assert run.stderr.startswith(f"monolayer: error: {runs}:8: {message}"), run.stderr
+    # Readers that check a record's kind: evaluate and al-round init.
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    tifffile.imwrite(truth / "a.tif", np.ones((4, 4), np.uint8))
+    tifffile.imwrite(tmp_path / "a.mask.tif", np.ones((4, 4), np.uint8))
+    segmented = write_lines(tmp_path / "s.jsonl", [json.dumps({"image": "a.tif", "mask": "a.mask.tif"})[:-1]
+                                                   + ', "confluence": ' + HUGE + "}"])
+    run = cli("evaluate", segmented, "--truth", truth, "-q")
+    assert run.code == 1 and "internal error" not in run.stderr
+    assert run.records[0]["exit_code"] == 65 and run.records[0]["error"].startswith(f"{segmented}:1: ")
+    monkeypatch.chdir(tmp_path)
+    images = write_lines(tmp_path / "all.jsonl", [f'{{"image": "{n}.tif", "mask": "{n}.m.tif", "confluence": {c}}}'
+                                                  for n, c in (("a", "0.5"), ("b", HUGE), ("c", "0.3"))])
+    run = cli("al-round", "init", "--images", images, "--test-size", "1", "--initial", "1", "-o", "m.json")
+    assert run.code == 65 and f"{images}:2: field 'confluence'" in run.stderr
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_stats_keeps_true_1_and_1_0_in_three_groups(cli, tmp_path):
+    lines = write_lines(tmp_path / "g.jsonl", ['{"g": 1, "v": 1}', '{"g": 1.0, "v": 2}', '{"g": true, "v": 3}',
+                                               '{"g": 1, "v": 5}'])
+    run = cli("stats", lines, "--by", "g")
+    assert run.code == 0, run.stderr
+    assert [(type(r["g"]).__name__, r["g"], r["n"], r["mean"]) for r in run.records] == [
+        ("int", 1, 2, 3.0), ("float", 1.0, 1, 2.0), ("bool", True, 1, 3.0)]
+    assert '"g":1.0,' in run.stdout and '"g":true,' in run.stdout
+    # rounds: strategy true and strategy 1 are two strategies, not one.
+    runs = [json.dumps({"image": f"i{rep}.tif", "strategy": s, "round": 1, "repeat": rep, "iou": v})
+            for s, v in ((True, 0.9), (1, 0.1)) for rep in (1, 2)]
+    run = cli("stats", "rounds", write_lines(tmp_path / "r.jsonl", runs), "--metric", "iou")
+    assert run.code == 0, run.stderr
+    summaries = {(type(r["strategy"]).__name__, r["mean"]) for r in run.records if r["record"] == "summary"}
+    assert summaries == {("bool", 0.9), ("int", 0.1)}

@@ -251,13 +251,16 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
         Field("confluence", FRACTION, "foreground / image area"),
         Field("model", STR, "backend name"),
         Field("method", STR_OR_NULL, "method within the backend"),
-        Field("params", OBJECT, "the model's parameters"),
+        Field("params", OBJECT, "the model's parameters; for every model also `normalize` (the input "
+              "preprocessing), `resize`, `sources` (flag, file, sidecar or default, per parameter) and, "
+              "when used, `sidecar` / `thresholds` (the file and the weights it was made for)"),
         Field("weights", STR_OR_NULL, "checkpoint name or path"),
         Field("weights_sha256", SHA_OR_NULL, "SHA-256 of the weights file"),
         Field("seconds", NUMBER, "time spent on this image"),
         Field("reused", BOOL, "true when taken from the journal by --skip-existing"),
         Field("instances", COUNT, "instance count (cellpose, maskrcnn, sam auto)"),
-        Field("mean_confidence", NUMBER_OR_NULL, "maskrcnn: mean score of the kept instances"),
+        Field("mean_confidence", NUMBER_OR_NULL, "maskrcnn: mean score of the kept instances (the paper's "
+              "uncertainty for that model)"),
         Field("generated_masks", COUNT, "sam auto: masks generated"),
     ), notes="`params` holds the model's parameters and, for learned models, `device`, `precision`, "
              "`seed` and `batch_size`. `seconds` is the only field that differs between two runs of the "

@@ -20,7 +20,7 @@ from monolayer import __version__
 from monolayer.errors import DataError, NoInputError, UsageError
 from monolayer.io.atomic import write_text_atomic
 from monolayer.records import parse_line
-from monolayer.schema import check
+from monolayer.schema import check, finite_float
 
 SCHEMA = "monolayer.al-manifest/1"
 STRATEGIES = ("entropy", "score", "random")
@@ -158,7 +158,9 @@ def init(images: list[dict[str, Any]], *, test_size: int, initial: int, seed: in
         if any("confluence" not in r for r in ordered):
             raise DataError("--images records need a 'confluence' field to choose the test set",
                             "use coco2mask output, or give --test")
-        by_distance = sorted(ordered, key=lambda r: (abs(float(r["confluence"]) - test_target), _key(r)))
+        confluence = {_key(r): finite_float(r["confluence"], f"--images record {_key(r)!r:.120}", "confluence")
+                      for r in ordered}  # a 400-digit integer has no float: an error, not a crash
+        by_distance = sorted(ordered, key=lambda r: (abs(confluence[_key(r)] - test_target), _key(r)))
         test_set = sorted(by_distance[:test_size], key=_key)
     test_keys = {_key(r) for r in test_set}
     rest = [r for r in ordered if _key(r) not in test_keys]

@@ -17,11 +17,22 @@ from monolayer.errors import UsageError
 __all__ = ["BACKENDS", "Backend", "BackendSpec", "Option", "Prediction", "create_backend"]
 
 
-def _specs() -> dict[str, BackendSpec]:
-    from monolayer.backends import cellpose, classical, maskrcnn, sam, unet
+# The registry: one name per backend; its module (monolayer.backends.<name>) declares the
+# rest in a SPEC importable without the backend's framework. The first is the default.
+MODULES = (
+    "classical",
+    "sam",
+    "cellpose",
+    "maskrcnn",
+    "unet",
+)
 
-    # One line per backend: its module declares the rest.
-    return {spec.name: spec for spec in (classical.SPEC, sam.SPEC, cellpose.SPEC, maskrcnn.SPEC, unet.SPEC)}
+
+def _specs() -> dict[str, BackendSpec]:
+    import importlib
+
+    specs = [importlib.import_module(f"monolayer.backends.{name}").SPEC for name in MODULES]
+    return {spec.name: spec for spec in specs}
 
 
 BACKENDS: dict[str, BackendSpec] = _specs()

@@ -68,6 +68,17 @@ RUNTIME_NAMES = tuple(o.name for o in RUNTIME_OPTIONS)
 
 
 @dataclass(frozen=True)
+class RuntimeOptions:
+    """Options every learned backend takes (``segment --weights/--device/--precision/--seed``)."""
+
+    weights: str | None = None
+    device: str = "auto"
+    precision: str = "fp32"
+    seed: int = 0
+    batch_size: int = 1
+
+
+@dataclass(frozen=True)
 class BackendSpec:
     """Everything about a backend that is known without importing its framework."""
 
@@ -89,6 +100,12 @@ class BackendSpec:
     options, the options made ready for the constructor): e.g. cellpose's --thresholds
     file and --diameter auto. Must live in a module that imports no framework."""
     defaults: dict[str, Any] = field(default_factory=dict)
+    """Training defaults shown in ``train --help`` (``lr``, ``batch_size``)."""
+    train_requires_weights: bool = False
+    """Training fine-tunes a given checkpoint (``--weights`` required)."""
+    uncertainty: str = "entropy"
+    """How ``entropy-rank`` ranks this model's records: ``entropy`` of the saved probability
+    map, or ``score`` (the mean instance confidence the backend records)."""
 
     def missing(self) -> list[str]:
         """Required packages that are not installed here (found without importing them)."""
@@ -108,7 +125,8 @@ class BackendSpec:
         """Raise :class:`UnavailableError` (exit 69) naming what to install, if anything is missing."""
         missing = self.missing()
         if missing:
-            raise UnavailableError(f"{what} needs {', '.join(missing)}, which is not installed",
+            verb = "is" if len(missing) == 1 else "are"
+            raise UnavailableError(f"{what} needs {', '.join(missing)}, which {verb} not installed",
                                    "pip install 'monolayer[models]'")
 
     def load(self, target: str) -> Any:

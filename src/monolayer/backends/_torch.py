@@ -6,25 +6,15 @@ Imported only when a learned backend is asked for (it imports torch).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import torch
 
 from monolayer.backends._base import Backend
+from monolayer.backends._spec import RuntimeOptions  # noqa: F401 - the learned backends' import path
 from monolayer.devices import check_precision, resolve_device
 from monolayer.weights import Weights, resolve
-
-
-@dataclass(frozen=True)
-class RuntimeOptions:
-    """Options every learned backend takes (``segment --weights/--device/--precision/--seed``)."""
-
-    weights: str | None = None
-    device: str = "auto"
-    precision: str = "fp32"
-    seed: int = 0
-    batch_size: int = 1
 
 
 class TorchBackend(Backend):

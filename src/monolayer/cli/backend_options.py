@@ -169,6 +169,7 @@ def setup_model(spec: BackendSpec, options: dict[str, Any], *, normalize: str = 
 
     flags = given(options)
     refuse_foreign(spec, flags, command)
+    spec.require(f"model {spec.name!r}")  # before anything imports its framework: exit 69, not 70
     from_file: dict[str, Any] = {}
     provenance: dict[str, Any] = {}
     if spec.prepare is not None:
@@ -202,7 +203,7 @@ def setup_model(spec: BackendSpec, options: dict[str, Any], *, normalize: str = 
     values = dict(resolved.values)
     kwargs: dict[str, Any] = {}
     if any(name in values for name in RUNTIME_NAMES):
-        from monolayer.backends._torch import RuntimeOptions
+        from monolayer.backends._spec import RuntimeOptions
 
         kwargs["runtime"] = RuntimeOptions(**{k: values.pop(k) for k in RUNTIME_NAMES if k in values})
     kwargs.update(values)
@@ -222,3 +223,17 @@ def describe_setup(backend: Any, setup: ModelSetup) -> dict[str, Any]:
     described["params"] = {**described.get("params", {}), "normalize": setup.normalize,
                            "resize": setup.resize, "sources": setup.sources, **setup.provenance}
     return described
+
+
+def options_markdown() -> str:
+    """The README's table of model options, generated from the backends' declarations."""
+    lines = ["| command | option | models | default | from the sidecar | what |", "|---|---|---|---|---|---|"]
+    for command in ("segment", "train"):
+        for entry in declared(command).values():
+            option = entry.option
+            default = _default_text(entry) or ""
+            sidecar = "yes" if option.sidecar else ""
+            text = " ".join(h for h in dict.fromkeys(entry.helps.values())).replace("|", "\\|")
+            lines.append(f"| `{command}` | `{option.cli_flag}` | {', '.join(entry.owners)} | {default} | "
+                         f"{sidecar} | {text} |")
+    return "\n".join(lines) + "\n"

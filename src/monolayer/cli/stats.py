@@ -159,16 +159,14 @@ def compare(
     Example: monolayer stats compare eval_lazy.jsonl eval_exact.jsonl --plot lazy_vs_exact.png
     """
     from monolayer.commands.experiments import compare as analyse
-    from monolayer.records import iter_jsonl
 
-    a = [r for _, r in iter_jsonl(first)]
-    b = [r for _, r in iter_jsonl(second)]
-    records = analyse(a, b, metric, labels)
+    a, b = list(iter_many([first])), list(iter_many([second]))
+    records = analyse(a, b, metric, labels)  # checks every value the plot reads below
     RecordWriter().write_all(records)
     if plot is not None:
         from monolayer.plots import compare_plot
 
-        values = [[float(r[metric]) for r in side if "error" not in r] for side in (a, b)]
+        values = [[float(r[metric]) for _, _, r in side if "error" not in r] for side in (a, b)]
         compare_plot(values[0], values[1], labels, metric, plot, records[-1]["p"])
 
 

@@ -90,9 +90,9 @@ def train(
         raise UsageError(f"--lr must be positive, not {lr}")
     options = given(backend_options)
     refuse_foreign(spec, options, "train")
-    if model.value == "sam" and "weights" not in options:
-        raise UsageError("training --model sam fine-tunes a checkpoint: give --weights",
-                         "e.g. --weights sam_vit_b after 'monolayer models fetch sam_vit_b'")
+    if spec.train_requires_weights and "weights" not in options:
+        raise UsageError(f"training --model {model.value} fine-tunes a checkpoint: give --weights",
+                         "see 'monolayer models' for published checkpoints")
     spec.require(f"training {model.value}")  # before anything imports torch: exit 69, not 70
     import importlib
 

@@ -57,10 +57,10 @@ def mean_binary_entropy(prob: np.ndarray, where: str = "probability map") -> flo
     if low < -PROB_TOLERANCE or high > 1 + PROB_TOLERANCE:
         raise DataError(f"{where}: values from {low:g} to {high:g} are not probabilities (0..1)",
                         "give the .prob.tif that segment --save-prob wrote")
+    from scipy.special import entr  # -x ln x, with 0 ln 0 = 0
+
     p = np.clip(p, 0.0, 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        h = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
-    return float(np.nan_to_num(h, nan=0.0).mean())
+    return float(((entr(p) + entr(1.0 - p)) / np.log(2.0)).mean())
 
 
 def _confidence(value: Any, where: str) -> float:
@@ -77,7 +77,10 @@ def _confidence(value: Any, where: str) -> float:
 
 
 def _kind(record: dict[str, Any]) -> str:
-    return "score" if record.get("model") == "maskrcnn" else "entropy"
+    from monolayer.backends import BACKENDS
+
+    spec = BACKENDS.get(str(record.get("model")))
+    return spec.uncertainty if spec is not None else "entropy"
 
 
 def rank(records: Iterable[tuple[str, int, dict[str, Any]]]) -> list[dict[str, Any]]:

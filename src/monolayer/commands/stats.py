@@ -7,7 +7,6 @@ images by source folder).
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -15,7 +14,8 @@ from typing import Any
 
 from monolayer.errors import DataError, UsageError
 from monolayer.records import new_record
-from monolayer.stats import summarize
+from monolayer.schema import check_tagged, finite_float
+from monolayer.stats import group_key, summarize
 
 KIND = "stats"
 KEY_TRANSFORMS = ("dir", "stem", "name")
@@ -49,21 +49,23 @@ def key_value(record: dict[str, Any], name: str, transform: str | None) -> Any:
 
 @dataclass
 class GroupedStats:
-    """Values collected per (group, field), and what was skipped."""
+    """Values collected per (group, field), and what was skipped. A group is keyed by its
+    values' :func:`~monolayer.stats.group_key`: 1, 1.0 and true are three groups."""
 
     by: list[str]
     fields: list[str]
-    values: dict[tuple[Any, ...], dict[str, list[float]]] = field(default_factory=dict)
+    values: dict[tuple[tuple[str, Any], ...], dict[str, list[float]]] = field(default_factory=dict)
     error_records: int = 0
     records: int = 0
 
     def results(self) -> Iterator[dict[str, Any]]:
         """One stats record per group and field; groups in order of first appearance."""
         for group, per_field in self.values.items():
+            shown = dict(zip(self.by, (value for _, value in group)))
             for name in self.fields:
                 if name in per_field:
-                    yield new_record(KIND, **dict(zip(self.by, group)), field=name,
-                                     **summarize(per_field[name]))
+                    what = f"field {name!r}" + "".join(f", {k} {v!r:.60}" for k, v in shown.items())
+                    yield new_record(KIND, **shown, field=name, **summarize(per_field[name], what))
 
 
 def _kind_of(value: Any) -> str:
@@ -80,7 +82,9 @@ def collect(records: Iterable[tuple[str, int, dict[str, Any]]], by: list[str],
             fields: list[str] | None) -> GroupedStats:
     """Group numeric values; error records are counted and skipped.
 
-    Without ``fields``, every numeric field of the records is summarised. A field
+    A record tagged with the ``schema`` of a monolayer kind (``monolayer.eval/1``) is
+    checked as that kind first (``iou`` of 5 is a :class:`DataError`); untagged records
+    are free-form. Without ``fields``, every numeric field of the records is summarised. A field
     that holds numbers in some records and something else (not null) in others is
     a :class:`DataError` naming ``file:line``, with or without ``fields``: a value
     is never dropped silently. A record lacking a field (or holding null)
@@ -94,6 +98,7 @@ def collect(records: Iterable[tuple[str, int, dict[str, Any]]], by: list[str],
     seen: dict[str, tuple[str, str]] = {}
     for source, number, record in records:
         where = f"{source}:{number}"
+        check_tagged(record, where)
         if "error" in record:
             result.error_records += 1
             continue
@@ -104,7 +109,7 @@ def collect(records: Iterable[tuple[str, int, dict[str, Any]]], by: list[str],
             if isinstance(value, (dict, list)):
                 raise DataError(f"{where}: --by {spec}: field {name!r} is {_kind_of(value)}, not a value "
                                 "to group by", "group by a field holding a string or number")
-            group.append(key_value(record, name, transform))
+            group.append(group_key(key_value(record, name, transform)))
         per_field = result.values.setdefault(tuple(group), {})
         names = [k for k in record if k not in by] if auto else result.fields
         for name in names:
@@ -122,9 +127,8 @@ def collect(records: Iterable[tuple[str, int, dict[str, Any]]], by: list[str],
                 if not auto:
                     raise DataError(f"{where}: field {name!r} is {value!r}, not a number")
                 continue
-            if isinstance(value, float) and not math.isfinite(value):
-                raise DataError(f"{where}: field {name!r} is not a finite number")
+            number = finite_float(value, where, name)  # 1e999 reads as inf; 10**400 has no float
             if auto and name not in result.fields:
                 result.fields.append(name)
-            per_field.setdefault(name, []).append(float(value))
+            per_field.setdefault(name, []).append(number)
     return result

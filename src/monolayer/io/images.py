@@ -488,24 +488,32 @@ def _finite_or_median(gray: np.ndarray) -> np.ndarray:
 
 
 def raw_intensities(gray: np.ndarray, source_dtype: np.dtype) -> np.ndarray:
-    """The stored intensities as float32, integers divided by their type's maximum.
+    """The stored intensities as float32, integers divided by 2 to the power of their bits.
 
-    uint8 / 255, uint16 / 65535, any integer type by ``np.iinfo(dtype).max`` (signed
-    types included: int16 / 32767, so negative pixels stay negative and 0 stays 0),
-    bool by 1; float images are returned as they are. Nothing is clipped or
-    stretched. NaN and infinite pixels become the median of the finite ones.
+    uint8 / 2**8, uint16 / 2**16, any unsigned type by 2**bits, signed types by
+    2**(bits - 1) (int16 / 32768: negative pixels stay negative, 0 stays 0), so every
+    integer image lies in [0, 1) ([-1, 1) when signed); bool and float images are
+    returned as they are. Nothing is clipped or stretched. NaN and infinite pixels
+    become the median of the finite ones.
 
-    >>> raw_intensities(np.array([[0.0, 255.0]]), np.dtype(np.uint8)).tolist()
-    [[0.0, 1.0]]
-    >>> raw_intensities(np.array([[-32767.0, 32767.0]]), np.dtype(np.int16)).tolist()
-    [[-1.0, 1.0]]
+    Why a power of two and not the type's maximum (65535): multiplying by a power of
+    two is exact in floating point, so a model that normalises the image itself (by
+    percentiles, mean and std...) computes bit for bit what it computes on the
+    stored integers. Dividing by 65535 rounds, and that last-bit difference is enough
+    to move cellpose's flow-following: another set of instances on the same image.
+
+    >>> raw_intensities(np.array([[0.0, 128.0, 255.0]]), np.dtype(np.uint8)).tolist()
+    [[0.0, 0.5, 0.99609375]]
+    >>> raw_intensities(np.array([[-32768.0, 16384.0]]), np.dtype(np.int16)).tolist()
+    [[-1.0, 0.5]]
     >>> raw_intensities(np.array([[0.25, np.nan, 7.0]]), np.dtype(np.float32)).tolist()
     [[0.25, 3.625, 7.0]]
     """
     a = _finite_or_median(gray)
     dtype = np.dtype(source_dtype)
     if dtype.kind in "iu":
-        return a / np.float32(np.iinfo(dtype).max)
+        bits = 8 * dtype.itemsize - (1 if dtype.kind == "i" else 0)
+        return a * np.float32(2.0**-bits)
     return a  # bool (0/1 after to_grayscale) and floats
 
 
@@ -520,19 +528,18 @@ def preprocess(gray: np.ndarray, source_dtype: np.dtype, mode: str) -> np.ndarra
         clipped. What monolayer's own U-Net, Mask R-CNN and classical methods, and
         every checkpoint monolayer trained with it, expect.
     ``"none"``
-        :func:`raw_intensities`: the stored values, integers divided by their type's
-        maximum (uint8 / 255, uint16 / 65535, signed by their positive maximum),
-        bool and floats as they are. Cellpose gets this: its own 1st..99th percentile
-        normalisation does not change when every pixel is multiplied by one
-        constant, so the network sees what ``CellposeModel.eval`` on the file's
-        pixels gives it.
+        :func:`raw_intensities`: the stored values, integers divided by 2**bits
+        (uint8 / 256, uint16 / 65536; signed types by 2**(bits - 1)), bool and floats
+        as they are. Cellpose gets this: its own 1st..99th percentile normalisation
+        gives, bit for bit, what ``CellposeModel.eval`` gives the network from the
+        file's pixels (an exact power-of-two factor cancels out).
     ``"sam8"``
         The 8-bit image SAM's predictor takes, as v / 255 (SAM's ``prepare`` turns it
-        back into uint8 by ``round(x * 255)``, which gives every value exactly).
-        An 8-bit image (uint8, or bool read as 0 / 255) goes in unchanged: ``"none"``.
-        Anything else (16-bit, 32-bit, float, int8) has no 8-bit form of its own and
-        gets one conversion, the ``"percentile"`` stretch, which ``prepare`` quantises
-        to 0..255.
+        back into uint8 by ``round(x * 255)``, which gives every value exactly). An
+        8-bit image goes in unchanged: uint8 as v / 255, bool as 0 and 1 (black and
+        white, 0 and 255, in SAM). Anything else (16-bit, 32-bit, float, int8) has no
+        8-bit form of its own and gets one conversion, the ``"percentile"`` stretch,
+        which ``prepare`` quantises to 0..255.
 
     NaN and infinite pixels become the median of the finite ones in every mode.
 
@@ -540,8 +547,8 @@ def preprocess(gray: np.ndarray, source_dtype: np.dtype, mode: str) -> np.ndarra
     >>> x = preprocess(v.astype(np.float32), v.dtype, "sam8")
     >>> bool((np.round(x * 255).astype(np.uint8) == v).all())
     True
-    >>> preprocess(np.array([[0.0, 65535.0]]), np.dtype(np.uint16), "none").tolist()
-    [[0.0, 1.0]]
+    >>> preprocess(np.array([[0.0, 32768.0]]), np.dtype(np.uint16), "none").tolist()
+    [[0.0, 0.5]]
     >>> preprocess(np.array([[100.0, 200.0]]), np.dtype(np.uint16), "sam8").tolist()
     [[0.0, 1.0]]
     """
@@ -550,8 +557,11 @@ def preprocess(gray: np.ndarray, source_dtype: np.dtype, mode: str) -> np.ndarra
     if mode == "none":
         return raw_intensities(gray, source_dtype)
     if mode == "sam8":
-        if np.dtype(source_dtype) in (np.dtype(np.uint8), np.dtype(bool)):
-            return raw_intensities(gray, source_dtype)
+        dtype = np.dtype(source_dtype)
+        if dtype == np.uint8:
+            return _finite_or_median(gray) / np.float32(255)
+        if dtype == bool:
+            return _finite_or_median(gray)
         return normalize(gray)
     raise UsageError(f"unknown input normalisation {mode!r}",
                      f"choose one of: {', '.join(PREPROCESS_MODES)}")

@@ -29,6 +29,7 @@ SPEC = BackendSpec(
     trainer="monolayer.training.maskrcnn:train_maskrcnn",
     preprocess="percentile",
     defaults={"lr": 0.00025, "batch_size": 2},
+    uncertainty="score",
 )
 
 

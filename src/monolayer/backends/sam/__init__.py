@@ -32,6 +32,7 @@ SPEC = BackendSpec(
     # SamPredictor.set_image takes the 8-bit RGB image as it is: so does monolayer.
     preprocess="sam8",
     defaults={"lr": 1e-4, "batch_size": 1},
+    train_requires_weights=True,
 )
 
 

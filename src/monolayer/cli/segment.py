@@ -81,6 +81,13 @@ def segment(
         "--ignore-sidecar", help="Use a checkpoint without its sidecar (WEIGHTS.monolayer.json: "
         "the preprocessing, --resize and thresholds it was trained with).",
         rich_help_panel=MODEL)] = False,
+    name_pattern: Annotated[str | None, typer.Option(
+        "--name-pattern", help="Read plate, well, site and time from each file name: a preset, "
+        "incucyte (A172_Phase_C7_1_00d20h00m_4.tif: well C7, site 1, elapsed_h 20) or "
+        "incucyte-export (B3_1_2024y05m17d_03h00m.tif), or a regex with named groups among plate, "
+        "well, site, time (ISO 8601), elapsed_h. A name that does not match is an error for that "
+        "image. Without it, time comes from the TIFF/EXIF date tag, if any (never the file's mtime).",
+        rich_help_panel=INPUT, show_default=False, metavar="PRESET|REGEX")] = None,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Look for images in "
                                             "sub-folders of folder inputs.", rich_help_panel=INPUT)] = False,
     skip_existing: Annotated[bool, typer.Option(
@@ -150,7 +157,8 @@ def segment(
         jobs_list = [job for job in jobs_list if in_shard(job, shard_spec)]
     ensure_folder(out)
     seg_options = SegmentOptions(out=out, save_prob=save_prob, page=page, resize=setup.resize,
-                                 root=str(out.resolve()), normalize=setup.normalize)
+                                 root=str(out.resolve()), normalize=setup.normalize,
+                                 name_pattern=name_pattern)
     tally = Tally()
     # The lock first: a run that must wait or give way has loaded no model for nothing.
     with output_lock(out, wait=wait, on_wait=None if quiet else lambda holder: say_warning(

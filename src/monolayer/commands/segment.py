@@ -45,7 +45,15 @@ class SegmentOptions:
     :func:`~monolayer.io.images.preprocess`): the CLI resolves ``--normalize auto`` to
     the backend's ``SPEC.preprocess``."""
 
+    name_pattern: str | None = None
+    """``--name-pattern``: a preset or regex whose named groups give plate, well, site and
+    time (see :mod:`monolayer.acquisition`); None: time from the image's tags only."""
+
     def __post_init__(self) -> None:
+        if self.name_pattern is not None:
+            from monolayer.acquisition import compile_pattern
+
+            compile_pattern(self.name_pattern)  # a bad pattern is a usage error before any work
         if self.normalize not in PREPROCESS_MODES:
             raise UsageError(f"unknown input normalisation {self.normalize!r}",
                              f"choose one of: {', '.join(PREPROCESS_MODES)}")
@@ -58,7 +66,18 @@ class SegmentOptions:
     def result_options(self) -> dict[str, Any]:
         """The options that change a result (part of the ``--skip-existing`` key)."""
         return {"page": self.page, "resize": self.resize, "save_prob": self.save_prob,
-                "normalize": self.normalize}
+                "normalize": self.normalize, "name_pattern": self.name_pattern}
+
+    def acquisition(self, job: Job) -> dict[str, Any]:
+        """Plate, well, site and time of an image (file name, else tags; never mtime)."""
+        from monolayer.acquisition import compile_pattern, parse_name, tag_time
+
+        fields: dict[str, Any] = {}
+        if self.name_pattern is not None:
+            fields = parse_name(job.image, compile_pattern(self.name_pattern), self.name_pattern)
+        if "time" not in fields and "elapsed_h" not in fields:
+            fields = {**fields, **(tag_time(job.path, self.page) or {"time": None, "time_source": None})}
+        return fields
 
 
 @dataclass(frozen=True)
@@ -223,6 +242,7 @@ def _predict_raw(backend: Backend, batch: list[_Loaded], resize: int | None,
 
 def _write(x: _Loaded, prediction: Prediction, seconds: float, options: SegmentOptions,
            model: dict[str, Any]) -> dict[str, Any]:
+    acquired = options.acquisition(x.job)  # before any file: a name that does not match fails here
     started = time.perf_counter()
     height, width = x.gray.shape
     if prediction.mask.shape != (height, width):
@@ -240,6 +260,7 @@ def _write(x: _Loaded, prediction: Prediction, seconds: float, options: SegmentO
         image=x.job.image,
         image_sha256=x.sha256,
         page=options.page,
+        **acquired,
         width=width,
         height=height,
         mask=str(options.out / mask_name),

@@ -11,7 +11,7 @@ _monolayer() {
         esac
     done
     if [[ -z "$cmd" ]]; then
-        COMPREPLY=($(compgen -W "coco2mask segment entropy-rank train evaluate cellpose-thresholds al-round stats models --version --debug -h --help" -- "$cur"))
+        COMPREPLY=($(compgen -W "coco2mask segment entropy-rank train evaluate cellpose-thresholds report al-round stats models --version --debug -h --help" -- "$cur"))
         return
     fi
     case "$cmd" in
@@ -29,6 +29,7 @@ _monolayer() {
                 --page) COMPREPLY=(); return ;;
                 --resize) COMPREPLY=(); return ;;
                 --normalize) COMPREPLY=($(compgen -W "auto none percentile" -- "$cur")); return ;;
+                --name-pattern) COMPREPLY=(); return ;;
                 -j|--jobs) COMPREPLY=(); return ;;
                 --shard) COMPREPLY=(); return ;;
                 --executor) COMPREPLY=($(compgen -W "local dask" -- "$cur")); return ;;
@@ -50,7 +51,7 @@ _monolayer() {
                 --thresholds) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --score-threshold) COMPREPLY=(); return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-o --out -m --model --save-prob --page --resize --normalize --ignore-sidecar -r --recursive --skip-existing --wait --fail-fast -j --jobs --shard --executor --scheduler --overwrite --method -w --weights --device --precision --batch-size --seed --mode --threshold --tile --points-per-side --diameter --truth --flow-threshold --cellprob-threshold --thresholds --score-threshold -q --quiet -h --help" -- "$cur"))
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-o --out -m --model --save-prob --overlay --page --resize --normalize --ignore-sidecar --name-pattern -r --recursive --skip-existing --wait --fail-fast -j --jobs --shard --executor --scheduler --overwrite --method -w --weights --device --precision --batch-size --seed --mode --threshold --tile --points-per-side --diameter --truth --flow-threshold --cellprob-threshold --thresholds --score-threshold -q --quiet -h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         entropy-rank)
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-q --quiet -h --help" -- "$cur"))
@@ -94,6 +95,14 @@ _monolayer() {
                 --page) COMPREPLY=(); return ;;
             esac
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-t --truth -w --weights -o --out --diameter --device --page -h --help" -- "$cur"))
+            else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
+        report)
+            case "$prev" in
+                -o|--out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                --title) COMPREPLY=(); return ;;
+                --alert-within) COMPREPLY=(); return ;;
+            esac
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-o --out --title --alert-within -q --quiet -h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         al-round)
             case "$prev" in

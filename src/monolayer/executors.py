@@ -247,7 +247,7 @@ def _output_files(record: dict[str, Any], root: str) -> dict[str, list[int] | No
     """File name -> identity (size, mtime, inode) of each output a record names."""
     from monolayer.io.journal import file_identity
 
-    names = [os.path.basename(record[f]) for f in ("mask", "prob") if record.get(f)]
+    names = [os.path.basename(record[f]) for f in ("mask", "prob", "overlay") if record.get(f)]
     return {name: file_identity(os.path.join(root, name)) for name in names}
 
 
@@ -286,7 +286,7 @@ def run_segment(jobs: Iterable[Job], executor: Executor, options: SegmentOptions
         files = _output_files(record, root)
         if None in files.values() or files != entry.get("files"):
             return None  # removed or overwritten since: compute it again
-        for field in ("mask", "prob"):
+        for field in ("mask", "prob", "overlay"):
             if record.get(field) and record.get(f"{field}_sha256"):
                 try:
                     same = sha256_file(os.path.join(root, os.path.basename(record[field]))) == record[f"{field}_sha256"]
@@ -294,7 +294,8 @@ def run_segment(jobs: Iterable[Job], executor: Executor, options: SegmentOptions
                     same = False
                 if not same:
                     return None  # its bytes changed in place: compute it again
-        outputs = {f: str(options.out / os.path.basename(record[f])) for f in ("mask", "prob") if record.get(f)}
+        outputs = {f: str(options.out / os.path.basename(record[f])) for f in ("mask", "prob", "overlay")
+                   if record.get(f)}
         return {**record, **outputs, "image": job.image, "reused": True}
 
     def tasks() -> Iterator[tuple[Any, Callable[[], Any] | None]]:

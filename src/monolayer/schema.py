@@ -254,6 +254,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
         Field("mask_sha256", SHA, "SHA-256 of the mask file"),
         Field("prob", PATH_OR_NULL, "float32 score map, STEM.prob.tif, or null"),
         Field("prob_sha256", SHA_OR_NULL, "SHA-256 of the score map, or null"),
+        Field("overlay", PATH, "with --overlay: STEM.overlay.png, the image with the mask's outline"),
+        Field("overlay_sha256", SHA, "SHA-256 of the overlay"),
         Field("confluence", FRACTION, "foreground / image area"),
         Field("model", STR, "backend name"),
         Field("method", STR_OR_NULL, "method within the backend"),

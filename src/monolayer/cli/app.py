@@ -9,7 +9,7 @@ import typer
 
 from monolayer import __version__
 from monolayer.cli import (
-    al_round, cellpose_thresholds, coco2mask, entropy_rank, evaluate, models, segment, stats, train,
+    al_round, cellpose_thresholds, coco2mask, entropy_rank, evaluate, models, report, segment, stats, train,
 )
 from monolayer import signals
 from monolayer.cli.common import say_error, state
@@ -55,6 +55,7 @@ app.command("evaluate")(evaluate.evaluate)
 app.add_typer(stats.app, name="stats")
 app.add_typer(models.app, name="models")
 app.command("cellpose-thresholds")(cellpose_thresholds.cellpose_thresholds)
+app.command("report")(report.report)
 
 
 def main() -> None:

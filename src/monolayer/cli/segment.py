@@ -64,6 +64,11 @@ def segment(
     save_prob: Annotated[bool, typer.Option(
         "--save-prob", help="Also write the float32 probability/score map, STEM.prob.tif.",
         rich_help_panel=OUTPUT)] = False,
+    overlay: Annotated[bool, typer.Option(
+        "--overlay", help="Also write STEM.overlay.png (longest side at most 1024 px): the image with "
+        "the mask's outline in yellow and the confluence in a corner, to check by eye; the record "
+        "names it with its SHA-256. 'monolayer report' gathers them in one page.",
+        rich_help_panel=OUTPUT)] = False,
     page: Annotated[int, typer.Option("--page", min=0, help="Page of multi-page TIFFs to read.",
                                       rich_help_panel=INPUT)] = 0,
     resize: Annotated[int | None, typer.Option(
@@ -158,7 +163,7 @@ def segment(
     ensure_folder(out)
     seg_options = SegmentOptions(out=out, save_prob=save_prob, page=page, resize=setup.resize,
                                  root=str(out.resolve()), normalize=setup.normalize,
-                                 name_pattern=name_pattern)
+                                 name_pattern=name_pattern, overlay=overlay)
     tally = Tally()
     # The lock first: a run that must wait or give way has loaded no model for nothing.
     with output_lock(out, wait=wait, on_wait=None if quiet else lambda holder: say_warning(
@@ -172,7 +177,8 @@ def segment(
             say_warning(f"--overwrite: deleted {removed} file(s) of the previous run in {out}")
         # Every name this run may write is listed before any is written (for --overwrite).
         OutputList(out).add(name for job in jobs_list if job.error is None
-                            for name in (f"{job.stem}.mask.tif", f"{job.stem}.prob.tif" if save_prob else ""))
+                            for name in (f"{job.stem}.mask.tif", f"{job.stem}.prob.tif" if save_prob else "",
+                                         f"{job.stem}.overlay.png" if overlay else ""))
         journal = Journal(out, "segment")
         pool = Executor(executor.value, jobs=jobs, scheduler=scheduler,
                         recipe=Recipe(model.value, portable(options)), backend=backend)

@@ -17,7 +17,7 @@ import numpy as np
 from monolayer.backends import Backend, Prediction
 from monolayer.commands._naming import OutputNamer, inside
 from monolayer.errors import EXIT_DATA, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_IO, InternalError, MonolayerError, NoInputError, UsageError
-from monolayer.io.images import PREPROCESS_MODES, load_image, preprocess, resize_longest, to_grayscale
+from monolayer.io.images import PREPROCESS_MODES, load_image, normalize, preprocess, resize_longest, to_grayscale
 from monolayer.io.inputs import InputItem
 from monolayer.io.masks import write_binary_mask, write_score_map
 from monolayer.metrics import confluence
@@ -45,6 +45,8 @@ class SegmentOptions:
     :func:`~monolayer.io.images.preprocess`): the CLI resolves ``--normalize auto`` to
     the backend's ``SPEC.preprocess``."""
 
+    overlay: bool = False
+    """Also write ``STEM.overlay.png``: the image with the mask's outline and its confluence."""
     name_pattern: str | None = None
     """``--name-pattern``: a preset or regex whose named groups give plate, well, site and
     time (see :mod:`monolayer.acquisition`); None: time from the image's tags only."""
@@ -66,7 +68,7 @@ class SegmentOptions:
     def result_options(self) -> dict[str, Any]:
         """The options that change a result (part of the ``--skip-existing`` key)."""
         return {"page": self.page, "resize": self.resize, "save_prob": self.save_prob,
-                "normalize": self.normalize, "name_pattern": self.name_pattern}
+                "normalize": self.normalize, "name_pattern": self.name_pattern, "overlay": self.overlay}
 
     def acquisition(self, job: Job) -> dict[str, Any]:
         """Plate, well, site and time of an image (file name, else tags; never mtime)."""
@@ -255,6 +257,13 @@ def _write(x: _Loaded, prediction: Prediction, seconds: float, options: SegmentO
     if options.save_prob and prediction.score is not None:
         prob_name = f"{x.job.stem}.prob.tif"
         prob_sha256 = write_score_map(inside(root, prob_name), prediction.score)
+    overlay_name = overlay_sha256 = None
+    if options.overlay:
+        from monolayer.overlay import overlay_image, write_overlay
+
+        overlay_name = f"{x.job.stem}.overlay.png"
+        picture = overlay_image(normalize(x.gray), prediction.mask, confluence(prediction.mask))
+        overlay_sha256 = write_overlay(inside(root, overlay_name), picture)
     return new_record(
         KIND,
         image=x.job.image,
@@ -267,6 +276,7 @@ def _write(x: _Loaded, prediction: Prediction, seconds: float, options: SegmentO
         mask_sha256=mask_sha256,
         prob=str(options.out / prob_name) if prob_name else None,
         prob_sha256=prob_sha256,
+        **({"overlay": str(options.out / overlay_name), "overlay_sha256": overlay_sha256} if overlay_name else {}),
         confluence=confluence(prediction.mask),
         **prediction.extras,
         **model,

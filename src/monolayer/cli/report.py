@@ -1,0 +1,55 @@
+"""``monolayer report``: one self-contained HTML page for the morning check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from monolayer.cli.common import INPUT, OUTPUT, cli_errors, say_warning
+
+
+@cli_errors
+def report(
+    files: Annotated[list[str] | None, typer.Argument(
+        help="JSON Lines: segment records (ideally with --overlay), growth forecasts, or both; "
+        "- (the default) reads stdin.", show_default=False, rich_help_panel=INPUT)] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.",
+                                      rich_help_panel=OUTPUT, show_default=False)] = Path("report.html"),
+    title: Annotated[str, typer.Option("--title", help="Heading of the page.",
+                                       rich_help_panel=OUTPUT)] = "Confluence report",
+    alert_within: Annotated[float | None, typer.Option(
+        "--alert-within", help="Highlight forecasts that reach the harvest level within this many hours.",
+        rich_help_panel=OUTPUT, show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary on stderr.")] = False,
+) -> None:
+    """Write ONE self-contained HTML page: failures first, growth forecasts, then a thumbnail
+    of every image with its mask's outline, confluence and flags.
+
+    Pictures are inlined; the page has no script and references nothing outside itself,
+    so it opens offline, as a mail attachment or from a shared drive. A thumbnail comes
+    from the record's overlay (segment --overlay) or else its image and mask, each checked
+    against the SHA-256 in the record. Prints nothing on stdout.
+
+    Example: cat today.jsonl forecast.jsonl | monolayer report - -o /srv/www/plate7.html
+    """
+    import sys
+
+    from monolayer.commands.report import gather, render
+    from monolayer.io.atomic import ensure_folder, write_text_atomic
+    from monolayer.records import iter_many
+
+    found = gather(iter_many(files or ["-"], errors="yield"))
+    if not (found.images or found.forecasts or found.failures):
+        from monolayer.errors import NoInputError
+
+        raise NoInputError("no segment, growth or error records to report",
+                           "give segment and/or growth JSON Lines")
+    ensure_folder(out.parent, file_name=out.name)
+    write_text_atomic(out, render(found, title=title, alert_within=alert_within))
+    if found.other:
+        say_warning(f"skipped {found.other} record(s) of other kinds")
+    if not quiet:
+        print(f"monolayer: report: {out}: {len(found.images)} image(s), {len(found.forecasts)} forecast(s), "
+              f"{len(found.failures)} failure(s)", file=sys.stderr)

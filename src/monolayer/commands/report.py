@@ -1,0 +1,197 @@
+"""``report``: one self-contained HTML page for the morning check.
+
+Everything is inside the one file: pictures are inlined as ``data:`` PNGs, the
+style is inline CSS, there is no script and no address outside the file, so it
+opens in an offline browser, from a mail attachment or a shared drive. Order:
+failures first (what needs a person), then the growth forecasts per group (plot
+and table), then one thumbnail per image (its overlay: the mask's outline and the
+confluence) with its numbers and flags.
+
+A thumbnail is made from the record's ``overlay`` file when it has one, else from
+its image and mask; each file is checked against the SHA-256 its record carries,
+and a file that cannot be shown is listed as such, never silently left out.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from monolayer import __version__
+from monolayer.errors import DataError, MonolayerError
+
+THUMB_SIDE = 320
+
+
+@dataclass
+class ReportInput:
+    """What the report shows, gathered from any mix of monolayer records."""
+
+    failures: list[tuple[str, str, int]] = field(default_factory=list)
+    images: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    forecasts: list[dict[str, Any]] = field(default_factory=list)
+    other: int = 0
+
+
+def gather(records: Iterable[tuple[str, int, Any]]) -> ReportInput:
+    """Sort records by kind: failures, segment results, growth forecasts."""
+    from monolayer.schema import check, error_code
+
+    found = ReportInput()
+    for source, number, record in records:
+        where = f"{source}:{number}"
+        if isinstance(record, DataError):
+            found.failures.append((where, str(record), 65))
+            continue
+        schema = str(record.get("schema", ""))
+        if "error" in record:
+            found.failures.append((str(record.get("image") or record.get("well") or where),
+                                   str(record["error"]), error_code(record)))
+        elif schema.startswith("monolayer.growth/"):
+            found.forecasts.append(record)
+        elif "mask" in record and (schema.startswith("monolayer.segment/") or not schema):
+            try:
+                check("segment", record, where, require=("mask",))
+            except DataError as exc:
+                found.failures.append((where, str(exc), 65))
+                continue
+            found.images.append((where, record))
+        else:
+            found.other += 1
+    return found
+
+
+def _png_data_uri(picture: np.ndarray) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _resolve(path: str, where: str) -> Path:
+    from monolayer.commands.evaluate import resolve
+
+    source = where.rsplit(":", 1)[0]
+    return resolve(path, None if source == "<stdin>" else Path(source).parent)
+
+
+def thumbnail(record: dict[str, Any], where: str) -> str:
+    """A small PNG (data URI) of the record's overlay, or of its image and mask."""
+    from PIL import Image
+
+    from monolayer.io.images import load_image, normalize, to_grayscale
+    from monolayer.io.masks import read_mask
+    from monolayer.io.provenance import verify_file
+    from monolayer.overlay import overlay_image
+
+    if record.get("overlay"):
+        path = _resolve(record["overlay"], where)
+        verify_file(path, record.get("overlay_sha256"), where, "overlay_sha256")
+        with Image.open(path) as opened:
+            picture = np.asarray(opened.convert("RGB"))
+    else:
+        mask_path = _resolve(record["mask"], where)
+        verify_file(mask_path, record.get("mask_sha256"), where, "mask_sha256")
+        image = load_image(_resolve(str(record.get("image")), where), int(record.get("page") or 0))
+        if record.get("image_sha256") and image.sha256 != record["image_sha256"]:
+            raise DataError(f"{where}: {record.get('image')} is not the image this record was made from")
+        gray = to_grayscale(image.array)
+        mask = read_mask(mask_path)
+        if mask.shape != gray.shape:
+            raise DataError(f"{where}: mask and image differ in size")
+        picture = overlay_image(normalize(gray), mask, float(record.get("confluence") or mask.mean()))
+    scale = THUMB_SIDE / max(picture.shape[:2])
+    if scale < 1:
+        size = (max(1, round(picture.shape[1] * scale)), max(1, round(picture.shape[0] * scale)))
+        picture = np.asarray(Image.fromarray(picture).resize(size, Image.LANCZOS))
+    return _png_data_uri(picture)
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return html.escape(str(value))
+
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:1.5em;color:#111;background:#fff}
+h1{font-size:1.5em;margin:0 0 .2em} h2{font-size:1.2em;margin:1.4em 0 .5em;border-bottom:1px solid #ccc}
+.meta{color:#555;font-size:.9em} table{border-collapse:collapse;font-size:.9em}
+td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top} th{background:#f2f2f2}
+.fail{background:#fdecea} .alert{background:#fff4d6} .grid{display:flex;flex-wrap:wrap;gap:12px}
+figure{margin:0;width:%(side)dpx} figure img{width:100%%;border:1px solid #999}
+figcaption{font-size:.8em;word-break:break-all} .flag{display:inline-block;background:#ffe08a;border-radius:3px;padding:0 .3em;margin:1px}
+.ok{color:#1a7f37}
+""" % {"side": THUMB_SIDE}
+
+
+def render(found: ReportInput, *, title: str, plot_png: bytes | None = None,
+           alert_within: float | None = None) -> str:
+    """The report as one HTML document (no script, no external reference)."""
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{STYLE}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>",
+             f"<p class='meta'>made {dt.datetime.now().isoformat(timespec='minutes')} by monolayer {__version__}: "
+             f"{len(found.images)} image(s), {len(found.forecasts)} forecast(s), {len(found.failures)} failure(s)</p>"]
+    parts.append("<h2>Failures</h2>")
+    if found.failures:
+        parts.append("<table><tr><th>what</th><th>error</th><th>exit code</th></tr>")
+        parts += [f"<tr class='fail'><td>{html.escape(w)}</td><td>{html.escape(e)}</td><td>{c}</td></tr>"
+                  for w, e, c in found.failures]
+        parts.append("</table>")
+    else:
+        parts.append("<p class='ok'>none</p>")
+    if found.forecasts or plot_png:
+        parts.append("<h2>Growth and harvest forecast</h2>")
+        if plot_png:
+            uri = "data:image/png;base64," + base64.b64encode(plot_png).decode("ascii")
+            parts.append(f"<p><img alt='growth curves' src='{uri}' style='max-width:100%'></p>")
+        if found.forecasts:
+            keys = [k for k in found.forecasts[0] if k not in _GROWTH_FIELDS and k not in ("schema", "version")]
+            head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+            parts.append(f"<table><tr>{head}<th>points</th><th>last fitted</th><th>harvest at</th>"
+                         "<th>hours to harvest (80 %)</th><th>eta</th><th>doubling h</th><th>flags</th></tr>")
+            for r in found.forecasts:
+                soon = (alert_within is not None and r.get("hours_to_harvest") is not None
+                        and r["hours_to_harvest"] <= alert_within)
+                cells = "".join(f"<td>{_fmt(r.get(k))}</td>" for k in keys)
+                interval = f"{_fmt(r.get('hours_to_harvest_low'))}–{_fmt(r.get('hours_to_harvest_high'))}"
+                flags = "".join(f"<span class='flag'>{html.escape(str(f))}</span>" for f in r.get("flags") or [])
+                parts.append(f"<tr class='{'alert' if soon else ''}'>{cells}<td>{_fmt(r.get('n'))}</td>"
+                             f"<td>{_fmt(r.get('confluence_last'), 3)}</td><td>{_fmt(r.get('harvest_at'), 2)}</td>"
+                             f"<td><b>{_fmt(r.get('hours_to_harvest'))}</b> ({interval})</td>"
+                             f"<td>{_fmt(r.get('eta'))}</td><td>{_fmt(r.get('doubling_time_h'))}</td>"
+                             f"<td>{flags}</td></tr>")
+            parts.append("</table>")
+    parts.append("<h2>Images</h2><div class='grid'>")
+    for where, record in found.images:
+        caption = [f"<b>{100 * float(record.get('confluence') or 0):.1f} %</b>",
+                   html.escape(", ".join(f"{label} {record[k]}{unit}" for k, label, unit in _ACQUISITION
+                                         if record.get(k) is not None)),
+                   html.escape(str(record.get("image")))]
+        caption += [f"<span class='flag'>{html.escape(str(f))}</span>" for f in record.get("flags") or []]
+        try:
+            img = f"<img alt='overlay of {html.escape(str(record.get('image')))}' src='{thumbnail(record, where)}'>"
+        except (MonolayerError, OSError) as exc:
+            img = f"<p class='fail'>cannot show: {html.escape(str(exc))}</p>"
+        parts.append(f"<figure>{img}<figcaption>{'<br>'.join(c for c in caption if c)}</figcaption></figure>")
+    parts.append("</div></body></html>\n")
+    return "\n".join(parts)
+
+
+_ACQUISITION = (("plate", "plate", ""), ("well", "well", ""), ("site", "site", ""), ("time", "at", ""),
+                ("elapsed_h", "at", " h"))
+_GROWTH_FIELDS = {"n", "t_first", "t_last", "confluence_last", "model", "rate_per_h", "doubling_time_h",
+                  "capacity", "harvest_at", "hours_to_harvest", "hours_to_harvest_low",
+                  "hours_to_harvest_high", "eta", "fit_rmse", "flags"}

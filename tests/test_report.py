@@ -1,0 +1,97 @@
+"""Issue 11, part 3: overlays and the one-file HTML report for the morning check."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from conftest import blob_image
+
+
+class Collect(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str]]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_overlay_geometry_and_record(cli, examples, tmp_path):
+    big = tmp_path / "imgs"
+    big.mkdir()
+    real = tifffile.imread(examples / "images" / "set20.tif")[:768, :1024]
+    tifffile.imwrite(big / "wide.tif", np.kron(real, np.ones((2, 2), real.dtype)))  # 2048 x 1536
+    run = cli("segment", examples / "images" / "set30.tif", big, "-o", tmp_path / "o", "--overlay", "-q")
+    assert run.code == 0, run.stderr
+    sizes = {}
+    for record in run.records:
+        path = Path(record["overlay"])
+        assert path.name.endswith(".overlay.png") and path.parent == tmp_path / "o"
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == record["overlay_sha256"]
+        with Image.open(path) as img:
+            assert img.mode == "RGB" and max(img.size) <= 1024
+            sizes[path.name] = img.size
+            pixels = np.asarray(img)
+        assert (pixels == (255, 214, 0)).all(axis=-1).any(), (path.name, record["confluence"])  # the outline
+        assert (pixels[:8, :8] == 0).all()  # the confluence label box sits in the corner
+    assert sizes == {"set30.overlay.png": (1024, 1022), "wide.overlay.png": (1024, 768)}
+    # Without --overlay no picture is written; with it, it is part of what --overwrite removes.
+    listed = (tmp_path / "o" / ".monolayer" / "outputs.list").read_text().split()
+    assert "wide.overlay.png" in listed
+
+
+def test_report_is_one_self_contained_page_failures_first(cli, examples, tmp_path):
+    seg = cli("segment", examples / "images", tmp_path / "missing.tif", "-o", tmp_path / "o", "--overlay", "-q")
+    plain = cli("segment", examples / "images" / "set20.tif", "-o", tmp_path / "p", "-q")
+    records = tmp_path / "all.jsonl"
+    records.write_text(seg.stdout + plain.stdout + json.dumps(
+        {"schema": "monolayer.growth/1", "well": "B3", "n": 9, "confluence_last": 0.61, "harvest_at": 0.8,
+         "hours_to_harvest": 20.0, "hours_to_harvest_low": 14.0, "hours_to_harvest_high": 27.0,
+         "eta": "2026-12-02T23:00:00", "doubling_time_h": 30.0, "flags": []}) + "\n")
+    out = tmp_path / "r" / "report.html"
+    run = cli("report", records, "-o", out, "--alert-within", "24")
+    assert run.code == 0, run.stderr
+    assert run.stdout == ""
+    text = out.read_text(encoding="utf-8")
+    parser = Collect()
+    parser.feed(text)
+    images = [attrs for tag, attrs in parser.tags if tag == "img"]
+    assert len(images) == 4 and all(a["src"].startswith("data:image/png;base64,") for a in images)
+    assert not any(tag in ("script", "link", "iframe") for tag, _ in parser.tags)
+    for tag, attrs in parser.tags:
+        for name in ("src", "href"):
+            assert not attrs.get(name, "data:").split(":")[0] in ("http", "https", "file"), (tag, attrs)
+    assert "http://" not in text and "https://" not in text and "@import" not in text
+    body = " ".join(parser.text)
+    assert body.index("Failures") < body.index("Growth and harvest forecast") < body.index("Images")
+    assert "missing.tif" in body and "20.0" in body and "14.0–27.0" in body
+    assert "class='alert'" in text  # the well reaching 80 % within 24 h stands out
+
+
+def test_report_names_a_picture_it_cannot_show_instead_of_leaving_it_out(cli, small_images, tmp_path):
+    seg = cli("segment", small_images, "-o", tmp_path / "o", "-q")
+    (tmp_path / "s.jsonl").write_text(seg.stdout)
+    first = Path(seg.records[0]["mask"])
+    first.write_bytes(Path(seg.records[1]["mask"]).read_bytes())
+    run = cli("report", tmp_path / "s.jsonl", "-o", tmp_path / "r.html")
+    assert run.code == 0
+    text = (tmp_path / "r.html").read_text()
+    assert "cannot show" in text and "is not the file this record was written with" in text
+    assert text.count("data:image/png;base64,") == 1
+
+
+def test_report_without_records_is_an_error(cli, tmp_path):
+    (tmp_path / "e.jsonl").write_text(json.dumps({"schema": "monolayer.stats/1", "field": "x", "n": 1}) + "\n")
+    run = cli("report", tmp_path / "e.jsonl", "-o", tmp_path / "r.html")
+    assert run.code == 66 and not (tmp_path / "r.html").exists()

@@ -1,7 +1,8 @@
 """The one interface every segmentation backend implements.
 
 A backend is constructed once per run (weights loaded once), then called per
-image with a normalised 2-D float32 array in [0, 1]. It returns a
+image with a 2-D float32 array, preprocessed as its ``SPEC.preprocess`` (or ``--normalize``)
+says: in [0, 1] for ``percentile`` and ``sam8``, raw intensities for ``none``. It returns a
 :class:`Prediction` whose mask has exactly the input's shape: backends that
 resize or pad internally must undo that before returning, so confluence is
 always measured over the original image area.
@@ -44,7 +45,7 @@ class Backend(ABC):
 
     @abstractmethod
     def predict(self, image: np.ndarray) -> Prediction:
-        """Segment one normalised grayscale image (2-D float32 in [0, 1])."""
+        """Segment one preprocessed grayscale image (2-D float32; see the module docstring)."""
 
     def predict_batch(self, images: list[np.ndarray]) -> list[Prediction]:
         """Segment several images; backends that can batch on the device override this."""

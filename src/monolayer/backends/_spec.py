@@ -22,8 +22,8 @@ from monolayer.errors import UnavailableError
 
 NORMALIZATIONS = ("auto", "none", "percentile")
 """``--normalize``: ``auto`` = what the backend's weights expect (its ``preprocess``);
-``none`` = the raw intensities as float32; ``percentile`` = monolayer's robust
-0.5th-99.5th percentile stretch to [0, 1]."""
+``none`` = the raw intensities (integers divided by 2**bits, exactly; floats as
+stored); ``percentile`` = monolayer's robust 0.5th-99.5th percentile stretch to [0, 1]."""
 
 
 @dataclass(frozen=True)

@@ -80,8 +80,8 @@ def segment(
         "--normalize", help="Input intensities: auto (what the model's weights expect: sam the raw "
         "8-bit image, 16-bit/float stretched to 8 bits; cellpose the raw image, which it normalises "
         "itself; unet, maskrcnn, classical and checkpoints monolayer trained a 0.5-99.5 percentile "
-        "stretch, or what the sidecar says), none (raw intensities, integer types scaled by their "
-        "maximum) or percentile.", rich_help_panel=INPUT)] = Normalize.auto,
+        "stretch, or what the sidecar says), none (raw intensities: integers divided by 2**bits, "
+        "floats as stored) or percentile.", rich_help_panel=INPUT)] = Normalize.auto,
     ignore_sidecar: Annotated[bool, typer.Option(
         "--ignore-sidecar", help="Use a checkpoint without its sidecar (WEIGHTS.monolayer.json: "
         "the preprocessing, --resize and thresholds it was trained with).",

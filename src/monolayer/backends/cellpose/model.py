@@ -14,8 +14,9 @@ about a second on a CPU; cellpose 4's CPSAM is a ViT-L (about 300 M parameters) 
 
 Prediction runs ``CellposeModel.eval`` on the grayscale image's raw intensities
 (channels ``[0, 0]``, cellpose's own 1st-99th percentile normalisation, which is what
-its checkpoints were trained with; ``monolayer.io.images.preprocess`` mode ``"none"``). The mask is the union of the instances; the score is the cell
-probability ``sigmoid(cellprob logits)`` at the image's size.
+its checkpoints were trained with; ``monolayer.io.images.preprocess`` mode ``"none"``).
+The mask is the union of the instances; the score is the cell probability
+``sigmoid(cellprob logits)`` at the image's size.
 
 Diameter
     ``diameter=None`` uses the checkpoint's stored ``diam_labels`` (the mean cell

@@ -11,7 +11,7 @@ _monolayer() {
         esac
     done
     if [[ -z "$cmd" ]]; then
-        COMPREPLY=($(compgen -W "coco2mask segment entropy-rank train evaluate cellpose-thresholds report al-round stats models --version --debug -h --help" -- "$cur"))
+        COMPREPLY=($(compgen -W "coco2mask segment entropy-rank train evaluate cellpose-thresholds growth report al-round stats models --version --debug -h --help" -- "$cur"))
         return
     fi
     case "$cmd" in
@@ -96,13 +96,25 @@ _monolayer() {
             esac
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-t --truth -w --weights -o --out --diameter --device --page -h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
+        growth)
+            case "$prev" in
+                -b|--by) COMPREPLY=(); return ;;
+                --time) COMPREPLY=(); return ;;
+                --value) COMPREPLY=(); return ;;
+                --harvest-at) COMPREPLY=(); return ;;
+                --alert-within) COMPREPLY=(); return ;;
+                --plot) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+            esac
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-b --by --time --value --harvest-at --alert-within --plot -h --help" -- "$cur"))
+            else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         report)
             case "$prev" in
                 -o|--out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --title) COMPREPLY=(); return ;;
+                --harvest-at) COMPREPLY=(); return ;;
                 --alert-within) COMPREPLY=(); return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-o --out --title --alert-within -q --quiet -h --help" -- "$cur"))
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-o --out --title --harvest-at --alert-within -q --quiet -h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         al-round)
             case "$prev" in

@@ -282,7 +282,7 @@ def test_a_corrupt_training_state_is_exit_65_not_a_crash(cli, tmp_path):
 
 
 def test_every_kind_checks_its_own_fields_and_leaves_unknown_ones():
-    assert check("segment", {"mask": "m.tif", "well": {"any": "thing"}}, "f:1")["well"] == {"any": "thing"}
+    assert check("segment", {"mask": "m.tif", "lab_note": {"any": "thing"}}, "f:1")["lab_note"] == {"any": "thing"}
     for kind in KINDS.values():
         assert kind.fields[0].name == "schema"
     with pytest.raises(DataError, match="f:3: field 'instances' is -1"):

@@ -57,6 +57,13 @@ def _positive_int(value: Any) -> int | None:
     return int(value) if value > 0 else None
 
 
+def _shown(value: Any) -> str:
+    """A value for a one-line message: as it is, or escaped if it holds a line break or
+    another control character (an error line must stay one line)."""
+    text = str(value)
+    return text if text.isprintable() else repr(text)
+
+
 def load_coco(path: str | Path) -> CocoFile:
     """Parse and check a COCO instances file.
 
@@ -93,15 +100,15 @@ def load_coco(path: str | Path) -> CocoFile:
         if isinstance(image_id, (dict, list)) or image_id is None or isinstance(image_id, bool):
             image.error = f"{where}: missing or invalid 'id'"
         elif not image.file_name:
-            image.error = f"{where} (id {image_id}): missing 'file_name'"
+            image.error = f"{where} (id {_shown(image_id)}): missing 'file_name'"
         elif width is None or height is None:
-            image.error = f"{where} ({image.file_name}): 'width' and 'height' must be positive integers"
+            image.error = f"{where} ({_shown(image.file_name)}): 'width' and 'height' must be positive integers"
         elif width * height > MAX_PIXELS:
             # A corrupt or hostile entry: rasterising it would allocate width x height.
-            image.error = (f"{where} ({image.file_name}): claims {width}x{height} px, more than the "
+            image.error = (f"{where} ({_shown(image.file_name)}): claims {width}x{height} px, more than the "
                            f"{MAX_PIXELS} px limit")
         elif image_id in by_id:
-            image.error = f"{where} ({image.file_name}): duplicate image id {image_id}"
+            image.error = f"{where} ({_shown(image.file_name)}): duplicate image id {_shown(image_id)}"
         if image.error is None:
             by_id[image_id] = image
         images.append(image)
@@ -328,7 +335,7 @@ def rasterize(image: CocoImage, lazy: bool = False) -> Rasterized:
     height, width = image.height, image.width
     found: list[tuple[Any, Any, int, bool, str]] = []
     for k, ann in enumerate(image.annotations):
-        where = f"{image.file_name}: annotation {ann.get('id', f'#{k}')}"
+        where = f"{_shown(image.file_name)}: annotation {_shown(ann.get('id', f'#{k}'))}"
         rle = annotation_rle(ann, height, width, where)
         found.append((ann.get("id", k), rle, int(mask_utils.area(rle)), bool(ann.get("iscrowd", 0)), where))
 

@@ -6,6 +6,7 @@ Exit codes (documented in the README and the man pages):
 0     success
 1     some items failed, or a ``--fail-under``/``--fail-over`` check failed
 2     usage error (bad option or argument)
+3     alert: ``growth --alert-within`` found a culture due for harvest (not a failure)
 65    bad input data (unreadable image, malformed JSON Lines or COCO)
 66    missing input (no such file, no images found)
 69    backend or weights unavailable
@@ -25,6 +26,8 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_ITEMS_FAILED = 1
 EXIT_USAGE = 2
+EXIT_ALERT = 3
+"""``growth --alert-within``: some culture reaches the harvest level soon (every record was written)."""
 EXIT_DATA = 65
 EXIT_NO_INPUT = 66
 EXIT_UNAVAILABLE = 69

@@ -237,6 +237,14 @@ _COMMON = (
     Field("version", STR, "the monolayer version that wrote it"),
 )
 
+
+class _Strings(Type):
+    """A list of strings (the growth record's ``flags``)."""
+
+    def problem(self, value: Any) -> str | None:
+        ok = isinstance(value, list) and all(isinstance(v, str) and not text_problem(v) for v in value)
+        return None if ok else f"is {_show(value)}, expected {self.expected}"
+
 KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("segment", "one per image, from segment", _COMMON + (
         Field("image", PATH, "the image as named on the command line"),
@@ -342,6 +350,30 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
               "the validation images"),
         Field("seconds", NUMBER, "time of the epoch"),
     ), notes="A resumed run repeats the finished epochs' records first, so a log holds each epoch once."),
+    Kind("growth", "one per culture (--by group), from growth", _COMMON + (
+        Field("n", COUNT, "time points (records at one time averaged)"),
+        Field("t_first", SCALAR, "first time, as given"),
+        Field("t_last", SCALAR, "last time, as given"),
+        Field("confluence_last", _t("fraction?", "a number from 0 to 1 or null"),
+              "fitted confluence at t_last (null: too few points)"),
+        Field("model", STR_OR_NULL, "growth curve with the most weight: logistic, richards-2 or richards-3"),
+        Field("rate_per_h", NUMBER_OR_NULL, "per-capita growth rate at low density, per hour (null when "
+              "the data cannot tell, as on a plateau)"),
+        Field("doubling_time_h", NUMBER_OR_NULL, "ln 2 / rate_per_h (null when not growing or not known)"),
+        Field("capacity", _t("fraction?", "a number from 0 to 1 or null"),
+              "plateau confluence, or null when the data cannot tell yet"),
+        Field("harvest_at", FRACTION, "the confluence asked for (--harvest-at)"),
+        Field("hours_to_harvest", NUMBER_OR_NULL, "median forecast from t_last; 0 when reached, null "
+              "when not expected to be reached"),
+        Field("hours_to_harvest_low", NUMBER_OR_NULL, "80 % interval, lower end (null: unlikely to be reached)"),
+        Field("hours_to_harvest_high", NUMBER_OR_NULL, "80 % interval, upper end (null: unbounded)"),
+        Field("eta", _t("scalar?", "a string, a number or null"), "when: ISO 8601 when the times were, "
+              "else hours on their scale; null when hours_to_harvest is"),
+        Field("fit_rmse", NUMBER_OR_NULL, "root mean square of observed minus fitted confluence"),
+        Field("flags", _Strings("strings", "a list of strings"), "too_few_points, reached, not_growing, "
+              "plateau, above_capacity, beyond_horizon, noisy"),
+    ), notes="Each record also has its group's value of every `--by` key, named as the key was given. "
+             "`eta` is null when `hours_to_harvest` is."),
 )}
 
 

@@ -11,6 +11,7 @@ from monolayer import __version__
 from monolayer.cli import (
     al_round, cellpose_thresholds, coco2mask, entropy_rank, evaluate, models, report, segment, stats, train,
 )
+from monolayer.cli import growth
 from monolayer import signals
 from monolayer.cli.common import say_error, state
 from monolayer.cli.streams import guard_stdout, release_stdout
@@ -55,6 +56,7 @@ app.command("evaluate")(evaluate.evaluate)
 app.add_typer(stats.app, name="stats")
 app.add_typer(models.app, name="models")
 app.command("cellpose-thresholds")(cellpose_thresholds.cellpose_thresholds)
+app.command("growth")(growth.growth)
 app.command("report")(report.report)
 
 

@@ -56,7 +56,19 @@ def stderr_console() -> Console:
     return console
 
 
-def _say(line: str) -> None:
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters escaped: every message monolayer
+    prints is exactly one line, whatever a file name or an input record holds.
+
+    >>> one_line("bad\\nname\\x1b[31m")
+    'bad\\\\nname\\\\x1b[31m'
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def say(line: str) -> None:
     # stderr gone too (`2>&1 | head`, a closed descriptor): there is nowhere to say it,
     # and failing here would turn the real exit code into a traceback. (With stderr
     # None, print would fall back to stdout, which carries data only.)
@@ -69,11 +81,11 @@ def _say(line: str) -> None:
 
 
 def say_error(message: str) -> None:
-    _say(f"{PROG}: error: {message}")
+    say(f"{PROG}: error: {one_line(message)}")
 
 
 def say_warning(message: str) -> None:
-    _say(f"{PROG}: warning: {message}")
+    say(f"{PROG}: warning: {one_line(message)}")
 
 
 def cli_errors(func: F) -> F:

@@ -19,6 +19,10 @@ def report(
                                       rich_help_panel=OUTPUT, show_default=False)] = Path("report.html"),
     title: Annotated[str, typer.Option("--title", help="Heading of the page.",
                                        rich_help_panel=OUTPUT)] = "Confluence report",
+    harvest_at: Annotated[float | None, typer.Option(
+        "--harvest-at", help="Also forecast, per well, when the segment records' confluence reaches "
+        "this fraction (as 'monolayer growth' does, from their time or elapsed_h), with the growth "
+        "curves as a plate montage.", rich_help_panel=OUTPUT, show_default=False)] = None,
     alert_within: Annotated[float | None, typer.Option(
         "--alert-within", help="Highlight forecasts that reach the harvest level within this many hours.",
         rich_help_panel=OUTPUT, show_default=False)] = None,
@@ -46,10 +50,38 @@ def report(
 
         raise NoInputError("no segment, growth or error records to report",
                            "give segment and/or growth JSON Lines")
+    plot_png = None
+    if harvest_at is not None:
+        found.forecasts, plot_png = forecast_images(found, harvest_at, alert_within)
     ensure_folder(out.parent, file_name=out.name)
-    write_text_atomic(out, render(found, title=title, alert_within=alert_within))
+    write_text_atomic(out, render(found, title=title, plot_png=plot_png, alert_within=alert_within))
     if found.other:
         say_warning(f"skipped {found.other} record(s) of other kinds")
     if not quiet:
         print(f"monolayer: report: {out}: {len(found.images)} image(s), {len(found.forecasts)} forecast(s), "
               f"{len(found.failures)} failure(s)", file=sys.stderr)
+
+
+def forecast_images(found, harvest_at: float, alert_within: float | None):
+    """Growth forecasts and their plot (PNG bytes) from the report's segment records."""
+    import tempfile
+
+    from monolayer.commands.growth import check_options, collect, forecast, plot_panels
+    from monolayer.errors import UsageError
+    from monolayer.growth_plot import growth_plot
+
+    check_options(["well"], harvest_at, alert_within)
+    records = [record for _, record in found.images]
+    if not any("well" in r for r in records):
+        raise UsageError("--harvest-at needs segment records with a well",
+                         "segment with --name-pattern, or run 'monolayer growth' on your own records")
+    time_field = "elapsed_h" if any(r.get("elapsed_h") is not None for r in records) else "time"
+    usable = [(where, 1, r) for where, r in found.images if r.get(time_field) is not None and "well" in r]
+    collected = collect(usable, ["well"], time_field, "confluence")
+    items = list(forecast(collected, harvest_at))
+    panels, xlabel, layout = plot_panels(items, collected)
+    with tempfile.TemporaryDirectory() as folder:
+        target = Path(folder) / "growth.png"
+        growth_plot(panels, target, harvest_at=harvest_at, xlabel=xlabel, plate=layout == "plate")
+        png = target.read_bytes()
+    return [item.record for item in items], png

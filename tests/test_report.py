@@ -95,3 +95,27 @@ def test_report_without_records_is_an_error(cli, tmp_path):
     (tmp_path / "e.jsonl").write_text(json.dumps({"schema": "monolayer.stats/1", "field": "x", "n": 1}) + "\n")
     run = cli("report", tmp_path / "e.jsonl", "-o", tmp_path / "r.html")
     assert run.code == 66 and not (tmp_path / "r.html").exists()
+
+
+def test_report_forecasts_wells_from_segment_records_with_their_curves(cli, tmp_path):
+    folder = tmp_path / "night"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for hour in range(0, 84, 12):
+        count = 2 + hour // 6
+        centers = [tuple(int(v) for v in rng.integers(16, 240, 2)) for _ in range(count)]
+        tifffile.imwrite(folder / f"MSC_Phase_B3_1_{hour // 24:02d}d{hour % 24:02d}h00m_1.tif",
+                         blob_image(shape=(256, 256), centers=centers, seed=hour))
+    seg = cli("segment", folder, "-o", tmp_path / "o", "--name-pattern", "incucyte", "--overlay", "-q")
+    assert seg.code == 0 and all(r["well"] == "B3" for r in seg.records)
+    (tmp_path / "s.jsonl").write_text(seg.stdout)
+    run = cli("report", tmp_path / "s.jsonl", "--harvest-at", "0.5", "-o", tmp_path / "r.html")
+    assert run.code == 0, run.stderr
+    text = (tmp_path / "r.html").read_text()
+    assert text.count("data:image/png;base64,") == 7 + 1  # seven overlays and the growth plot
+    assert "alt='growth curves'" in text and "<td>B3</td>" in text
+    # Without wells there is nothing to forecast per well: a clear usage error.
+    plain = cli("segment", folder, "-o", tmp_path / "p", "-q")
+    (tmp_path / "p.jsonl").write_text(plain.stdout)
+    run = cli("report", tmp_path / "p.jsonl", "--harvest-at", "0.5", "-o", tmp_path / "x.html")
+    assert run.code == 2 and "--name-pattern" in run.stderr and not (tmp_path / "x.html").exists()

@@ -77,8 +77,9 @@ def growth_plot(panels: list[dict[str, Any]], target: Path, *, harvest_at: float
                        labelleft=c == 0 or (r, c - 1) not in used)
     fig.supxlabel(xlabel, fontsize=9)
     fig.supylabel("confluence", fontsize=9)
-    fig.suptitle(f"growth forecast: dashed = harvest level {harvest_at:g}, band = 80 % interval, "
-                 "line = median", fontsize=9)
-    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.08, top=0.9, wspace=0.12, hspace=0.45)
+    # Two short lines: on a montage of one or two panels a one-line legend is wider than the figure.
+    fig.suptitle(f"dashed: harvest level {harvest_at:g}\nline: median forecast, band: 80 % interval",
+                 fontsize=8)
+    fig.subplots_adjust(left=0.08, right=0.99, bottom=0.09, top=0.86, wspace=0.12, hspace=0.45)
     write_atomic(target, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)

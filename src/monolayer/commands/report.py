@@ -166,7 +166,9 @@ def render(found: ReportInput, *, title: str, plot_png: bytes | None = None,
                 soon = (alert_within is not None and r.get("hours_to_harvest") is not None
                         and r["hours_to_harvest"] <= alert_within)
                 cells = "".join(f"<td>{_fmt(r.get(k))}</td>" for k in keys)
-                interval = f"{_fmt(r.get('hours_to_harvest_low'))}–{_fmt(r.get('hours_to_harvest_high'))}"
+                high = r.get("hours_to_harvest_high")
+                interval = (f"{_fmt(r.get('hours_to_harvest_low'))}–{_fmt(high)}" if high is not None
+                            else f"{_fmt(r.get('hours_to_harvest_low'))} or later")
                 flags = "".join(f"<span class='flag'>{html.escape(str(f))}</span>" for f in r.get("flags") or [])
                 parts.append(f"<tr class='{'alert' if soon else ''}'>{cells}<td>{_fmt(r.get('n'))}</td>"
                              f"<td>{_fmt(r.get('confluence_last'), 3)}</td><td>{_fmt(r.get('harvest_at'), 2)}</td>"

@@ -25,6 +25,21 @@ def private_cache(tmp_path_factory, monkeypatch) -> Path:
     return cache
 
 
+def _no_network(*_args: Any, **_kwargs: Any) -> None:
+    raise AssertionError("a model tried to open a network connection")
+
+
+@pytest.fixture(scope="module")
+def no_network():
+    """Refuse outgoing connections for a module's tests: loading weights must never download."""
+    import socket
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", _no_network)
+        mp.setattr(socket, "create_connection", _no_network)
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_sam(tmp_path_factory) -> Path:
     """A 5 M-parameter Segment Anything (embed dim 64, depth 2) saved as a user's checkpoint is."""

@@ -90,3 +90,19 @@ def test_segment_records_carry_the_metadata(cli, tmp_path):
     assert all(r["time"] is None and r["time_source"] is None for r in plain.records)
     bad_pattern = cli("segment", folder, "-o", tmp_path / "q", "--name-pattern", "(?P<wel>x)")
     assert bad_pattern.code == 2 and bad_pattern.stdout == "" and "unknown group" in bad_pattern.stderr
+
+
+@pytest.mark.parametrize("name, words", [
+    ("B3_nan.tif", "not a finite number"), ("B3_inf.tif", "not a finite number"),
+    ("B3_1e999.tif", "not a finite number"),
+])
+def test_a_non_finite_time_in_a_name_is_an_error_not_null(name, words):
+    with pytest.raises(DataError, match=words):
+        parse_name(name, compile_pattern(r"(?P<well>[A-Z]\d)_(?P<elapsed_h>.+)"))
+
+
+def test_the_incucyte_preset_refuses_impossible_clock_times_and_lookalike_digits():
+    with pytest.raises(DataError, match="is not a time"):
+        parse_name("A172_Phase_C7_1_00d99h99m_4.tif", compile_pattern("incucyte"))
+    with pytest.raises(DataError, match="does not match"):
+        parse_name("A172_Phase_C\u0667_1_00d20h00m_4.tif", compile_pattern("incucyte"))

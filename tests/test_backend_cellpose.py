@@ -9,7 +9,6 @@ import json
 
 import tifffile
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -36,16 +35,9 @@ SEARCH_CROPS = {"set20": (slice(300, 428), slice(300, 396)),  # 128 x 96, cells 
                 "set26": (slice(300, 428), slice(300, 396))}
 
 
-def _no_network(*_args, **_kwargs):
-    raise AssertionError("the cellpose backend tried to open a network connection")
-
-
 @pytest.fixture(scope="module", autouse=True)
-def offline():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket.socket, "connect", _no_network)
-        mp.setattr(socket, "create_connection", _no_network)
-        yield
+def offline(no_network):
+    """Every test here runs with outgoing connections refused (see conftest)."""
 
 
 def _image(name: str, crop: tuple[slice, slice]) -> np.ndarray:

@@ -225,3 +225,58 @@ def test_a_thresholds_file_tuned_for_other_weights_is_refused(tmp_path):
                                                 "weights_sha256": "1" * 64, "params": {"flow_threshold": 1.5}})
     params = describe_setup(backend, setup)["params"]
     assert params["thresholds"]["path"] == str(thresholds) and params["sources"]["flow_threshold"] == "file"
+
+
+@pytest.mark.parametrize("params, words", [
+    ({"threshold": True}, "threshold True is not a number"),
+    ({"threshold": "0.3"}, "is not a finite number"),
+    ({"threshold": None}, "is not a finite number"),
+    ({"threshold": [0.5]}, "is not a finite number"),
+    ({"threshold": 7}, "threshold 7 is outside [0.0, 1.0]"),
+])
+def test_a_sidecar_value_of_the_wrong_type_or_range_names_the_sidecar(tmp_path, params, words):
+    weights = tmp_path / "u.pt"
+    weights.write_bytes(b"w")
+    write_sidecar(weights, "unet", params=params)
+    with pytest.raises(DataError, match=r"u\.pt\.monolayer\.json: ") as caught:
+        setup_model(BACKENDS["unet"], {"weights": str(weights)})
+    assert words in str(caught.value)
+    with pytest.raises(UsageError, match="--threshold 7 is outside"):
+        setup_model(BACKENDS["unet"], {"weights": str(weights), "threshold": 7})
+
+
+def test_cellpose_values_are_checked_wherever_they_come_from(tmp_path):
+    weights = tmp_path / "c.pth"
+    weights.write_bytes(b"w")
+    write_sidecar(weights, "cellpose", params={"diameter": True})
+    with pytest.raises(DataError, match="diameter True is not a number"):
+        setup_model(BACKENDS["cellpose"], {"weights": str(weights)})
+    write_sidecar(weights, "cellpose", params={"diameter": 20.0, "flow_threshold": -1})
+    with pytest.raises(DataError, match="flow_threshold -1 is outside"):
+        setup_model(BACKENDS["cellpose"], {"weights": str(weights)})
+    thresholds = tmp_path / "t.json"
+    thresholds.write_text(json.dumps({"flow_threshold": 0.5, "cellprob_threshold": 0, "weights_sha256": 5}))
+    with pytest.raises(DataError, match="'weights_sha256' is 5, not a SHA-256"):
+        setup_model(BACKENDS["cellpose"], {"weights": str(weights), "thresholds": thresholds})
+
+
+def test_a_linked_checkpoint_finds_its_sidecar_and_a_broken_sidecar_is_an_error(tmp_path):
+    run = tmp_path / "run7"
+    run.mkdir()
+    weights = run / "unet.pt"
+    weights.write_bytes(b"w")
+    write_sidecar(weights, "unet", resize=96)
+    link = tmp_path / "current.pt"
+    link.symlink_to(weights)
+    assert setup_model(BACKENDS["unet"], {"weights": str(link)}).resize == 96
+    with pytest.raises(UsageError, match="contradicts"):
+        setup_model(BACKENDS["unet"], {"weights": str(link)}, resize=128)
+    sidecar = Path(str(weights) + ".monolayer.json")
+    sidecar.unlink()
+    sidecar.mkdir()
+    with pytest.raises(DataError, match="not a regular file"):
+        setup_model(BACKENDS["unet"], {"weights": str(weights)})
+    sidecar.rmdir()
+    sidecar.symlink_to(tmp_path / "nowhere.json")
+    with pytest.raises(DataError, match="not a regular file"):
+        setup_model(BACKENDS["unet"], {"weights": str(weights)})

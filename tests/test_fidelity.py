@@ -11,7 +11,6 @@ gives a clearly different map, so the tolerance would have caught it.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +35,9 @@ CELLPOSE_CROP = np.s_[:256, :320]  # non-square; keeps cellpose's CPU time low
 DIAMETER, FLOW_THRESHOLD, CELLPROB_THRESHOLD = 35.0, 0.8, -1.0  # not the defaults: they must arrive
 
 
-def _no_network(*_args: Any, **_kwargs: Any) -> None:
-    raise AssertionError("a model tried to open a network connection")
-
-
 @pytest.fixture(scope="module", autouse=True)
-def offline():
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket.socket, "connect", _no_network)
-        mp.setattr(socket, "create_connection", _no_network)
-        yield
+def offline(no_network):
+    """Every test here runs with outgoing connections refused (see conftest)."""
 
 
 # -- preprocess itself --------------------------------------------------------------------------

@@ -85,10 +85,18 @@ def test_report_names_a_picture_it_cannot_show_instead_of_leaving_it_out(cli, sm
     first = Path(seg.records[0]["mask"])
     first.write_bytes(Path(seg.records[1]["mask"]).read_bytes())
     run = cli("report", tmp_path / "s.jsonl", "-o", tmp_path / "r.html")
-    assert run.code == 0
+    assert run.code == 1 and "1 record(s) could not be shown" in run.stderr
     text = (tmp_path / "r.html").read_text()
     assert "cannot show" in text and "is not the file this record was written with" in text
+    assert text.index("is not the file this record was written with") < text.index("Images")  # a failure, first
     assert text.count("data:image/png;base64,") == 1
+    # A record with only an ISO time among records with elapsed hours is never silently out of the forecast.
+    records = [dict(r, well="B3", elapsed_h=float(i)) for i, r in enumerate(seg.records[1:] * 3)]
+    records.append(dict(seg.records[1], well="C4", time="2024-05-17T03:00:00"))
+    (tmp_path / "w.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    run = cli("report", tmp_path / "w.jsonl", "--harvest-at", "0.5", "-o", tmp_path / "w.html")
+    assert run.code == 1
+    assert "left out of the forecast: no elapsed_h" in (tmp_path / "w.html").read_text()
 
 
 def test_report_without_records_is_an_error(cli, tmp_path):

@@ -24,6 +24,7 @@ file's modification time is never used: copying a folder changes it.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import re
 from pathlib import Path
@@ -48,7 +49,8 @@ def compile_pattern(spec: str) -> re.Pattern[str]:
     :data:`FIELDS` and no group outside them (a typo must not be silently ignored)."""
     text = PRESETS.get(spec, spec)
     try:
-        pattern = re.compile(text)
+        # ASCII: \d is 0-9 and \w is [A-Za-z0-9_], so a look-alike digit cannot make a new well.
+        pattern = re.compile(text, re.ASCII)
     except re.error as exc:
         raise UsageError(f"--name-pattern {spec!r}: not a regular expression ({exc})",
                          f"use a preset ({', '.join(PRESETS)}) or a regex with named groups") from None
@@ -66,9 +68,12 @@ def compile_pattern(spec: str) -> re.Pattern[str]:
 
 def _number(text: str, what: str, name: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise DataError(f"{name}: {what} {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise DataError(f"{name}: {what} {text!r} is not a finite number")
+    return value
 
 
 def _iso(text: str, name: str) -> str:
@@ -102,8 +107,11 @@ def parse_name(path: str | Path, pattern: re.Pattern[str], spec: str | None = No
     if "elapsed_h" in groups:
         out["elapsed_h"] = _number(groups["elapsed_h"], "elapsed_h", name)
     if "days" in groups:
-        out["elapsed_h"] = (int(groups["days"]) * 24 + int(groups["hours"]) + int(groups["minutes"]) / 60)
-        out["elapsed_h"] = float(out["elapsed_h"])
+        hours, minutes = int(groups["hours"]), int(groups["minutes"])
+        if hours > 23 or minutes > 59:
+            raise DataError(f"{name}: {groups['days']}d{groups['hours']}h{groups['minutes']}m is not a time "
+                            "(hours 0-23, minutes 0-59)")
+        out["elapsed_h"] = float(int(groups["days"]) * 24 + hours + minutes / 60)
     if "year" in groups:
         try:
             stamp = dt.datetime(int(groups["year"]), int(groups["month"]), int(groups["day"]),

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -194,10 +195,19 @@ class Executor:
         the output folder's lock. Signals wait until local work has stopped."""
         with critical():
             if self._threads is not None:
-                if cancel:
+                if not cancel:
+                    self._threads.shutdown(wait=True)
+                else:
+                    # A running chunk stops before its next write once cancelled; a model stuck in
+                    # one long computation is not waited for beyond the grace period (the process
+                    # then ends without joining it, see abandoned_threads).
                     self._cancelled.set()
-                # Always wait: a running chunk stops before its next write once cancelled.
-                self._threads.shutdown(wait=True, cancel_futures=cancel)
+                    self._threads.shutdown(wait=False, cancel_futures=True)
+                    deadline = time.monotonic() + CANCEL_GRACE_S
+                    for thread in list(getattr(self._threads, "_threads", ())):
+                        thread.join(max(0.0, deadline - time.monotonic()))
+                        if thread.is_alive():
+                            _ABANDONED.append(thread)
                 self._threads = None
             if self._pool is not None:
                 if cancel:
@@ -207,6 +217,17 @@ class Executor:
         if self._client is not None:  # a remote cluster: not waited for with signals held
             self._client.close()
             self._client = None
+
+
+CANCEL_GRACE_S = 5.0
+"""How long a cancelled run waits for the model thread's current computation."""
+_ABANDONED: list[threading.Thread] = []
+
+
+def abandoned_threads() -> bool:
+    """Whether a cancelled run left a model thread computing (it will never write: it was
+    cancelled). The process must then end without joining it: ``os._exit``."""
+    return any(thread.is_alive() for thread in _ABANDONED)
 
 
 def _end_processes(processes: list[Any], grace_s: float = 10.0) -> None:

@@ -42,11 +42,26 @@ def write_sidecar(weights: Path, *, model: str, weights_sha256: str, normalize: 
     return path
 
 
+def find_sidecar(weights: Path, model: str) -> dict[str, Any] | None:
+    """The sidecar beside ``weights`` as named, else beside the file a link points to
+    (``models/current.pt -> run7/unet.pt`` finds ``run7/unet.pt.monolayer.json``)."""
+    import os
+
+    for candidate in dict.fromkeys((weights, Path(os.path.realpath(weights)))):
+        found = read_sidecar(candidate, model)
+        if found is not None:
+            return found
+    return None
+
+
 def read_sidecar(weights: Path, model: str) -> dict[str, Any] | None:
     """The sidecar of ``weights`` (checked), or None when it has none."""
     path = sidecar_path(weights)
-    if not path.is_file():
+    if not path.is_symlink() and not path.exists():
         return None
+    if not path.is_file():
+        raise DataError(f"{path}: the checkpoint's sidecar is not a regular file (a folder, a FIFO or "
+                        "a dangling link)", "delete it, or pass --ignore-sidecar")
     from monolayer.records import parse_line
 
     try:

@@ -47,6 +47,43 @@ class Option:
     flag: str | None = None
     short: str | None = None
     metavar: str | None = None
+    bounds: tuple[float | None, float | None] | None = None
+    """Inclusive range of a number (None: open on that side), checked whatever the source."""
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` cannot be this option's value (type and bounds), or None.
+
+        >>> Option("threshold", float, "", bounds=(0.0, 1.0)).problem(True)
+        'True is not a number'
+        >>> Option("diameter", str, "", bounds=(1.0, None)).problem("12")
+        """
+        import math
+
+        numeric = self.kind in (int, float) or self.bounds is not None
+        if numeric:
+            if isinstance(value, bool):
+                return f"{value!r} is not a number"
+            if isinstance(value, str) and self.kind is str:
+                if value == "auto":
+                    return None
+                try:
+                    value = float(value)
+                except ValueError:
+                    return f"{value!r} is not a number"
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                return f"{value!r:.40} is not a finite number"
+            if self.kind is int and not isinstance(value, int):
+                return f"{value!r} is not a whole number"
+            low, high = self.bounds or (None, None)
+            if (low is not None and value < low) or (high is not None and value > high):
+                shown = f"[{'' if low is None else low}, {'' if high is None else high}]"
+                return f"{value!r} is outside {shown}"
+            return None
+        if self.choices and value not in self.choices:
+            return f"{value!r:.40} is not one of {', '.join(self.choices)}"
+        if self.kind is str and not isinstance(value, str):
+            return f"{value!r:.40} is not a string"
+        return None
 
     @property
     def cli_flag(self) -> str:

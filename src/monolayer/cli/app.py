@@ -81,6 +81,17 @@ def main() -> None:
         if not isinstance(failed, PipeClosed):
             say_error(str(failed))
         code = failed.exit_code
+    if "monolayer.executors" in sys.modules and sys.modules["monolayer.executors"].abandoned_threads():
+        # A cancelled model computation is still running (it will not write): end now instead
+        # of joining it at interpreter exit, which could take minutes after a SIGTERM.
+        import os
+
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+        os._exit(code)
     sys.exit(code)
 
 

@@ -145,6 +145,17 @@ def resolve(spec: BackendSpec, flags: dict[str, Any], from_file: dict[str, Any],
             values[option.name], sources[option.name] = sidecar_params[option.name], "sidecar"
         elif option.default is not None:
             values[option.name], sources[option.name] = option.default, "default"
+        if option.name in values and option.kind is not list:
+            # Checked whatever its source: a sidecar's or file's value names that file, never a flag
+            # the user did not give; a boolean is never taken for a number.
+            problem = option.problem(values[option.name])
+            source = sources[option.name]
+            if problem and source == "flag":
+                raise UsageError(f"{option.cli_flag} {problem}")
+            if problem:
+                where = (sidecar or {}).get("path", "the checkpoint's sidecar") if source == "sidecar" else \
+                    "the file given by a flag"
+                raise DataError(f"{where}: {option.name} {problem}", "fix or delete that file")
     return Resolved(values, sources)
 
 
@@ -158,6 +169,7 @@ class ModelSetup:
     resize: int | None
     sources: dict[str, str]
     provenance: dict[str, Any]
+    declared: tuple[str, ...] = ()
 
 
 def setup_model(spec: BackendSpec, options: dict[str, Any], *, normalize: str = "auto",
@@ -181,9 +193,9 @@ def setup_model(spec: BackendSpec, options: dict[str, Any], *, normalize: str = 
     if spec.needs_weights and flags.get("weights") and not ignore_sidecar:
         weights = Path(str(flags["weights"])).expanduser()
         if weights.is_file():
-            from monolayer.sidecar import read_sidecar
+            from monolayer.sidecar import find_sidecar
 
-            sidecar = read_sidecar(weights, spec.name)
+            sidecar = find_sidecar(weights, spec.name)
     resolved = resolve(spec, flags, from_file, sidecar)
     mode = spec.preprocess if normalize == "auto" else normalize
     if sidecar is not None:
@@ -207,7 +219,8 @@ def setup_model(spec: BackendSpec, options: dict[str, Any], *, normalize: str = 
 
         kwargs["runtime"] = RuntimeOptions(**{k: values.pop(k) for k in RUNTIME_NAMES if k in values})
     kwargs.update(values)
-    return ModelSetup(kwargs, mode, resize, resolved.sources, provenance)
+    return ModelSetup(kwargs, mode, resize, resolved.sources, provenance,
+                      tuple(o.name for o in spec.segment_options))
 
 
 def describe_setup(backend: Any, setup: ModelSetup) -> dict[str, Any]:
@@ -220,8 +233,18 @@ def describe_setup(backend: Any, setup: ModelSetup) -> dict[str, Any]:
             raise DataError(f"{info['path']} was made for other weights ({expected[:12]}...) than "
                             f"{described.get('weights')} ({str(described.get('weights_sha256'))[:12]}...)",
                             f"use the {what} file written for these weights, or none")
-    described["params"] = {**described.get("params", {}), "normalize": setup.normalize,
-                           "resize": setup.resize, "sources": setup.sources, **setup.provenance}
+    params = described.get("params", {})
+    sources = dict(setup.sources)
+    for name in params:  # a declared value nobody gave comes from the weights (cellpose's diam_labels)
+        if name not in sources and name in setup.declared:
+            sources[name] = "checkpoint"
+    for what, info in setup.provenance.items():
+        if info.get("weights_sha256") is None:
+            from monolayer.cli.common import say_warning
+
+            say_warning(f"{info['path']} does not say which weights it was made for; it cannot be checked")
+    described["params"] = {**params, "normalize": setup.normalize,
+                           "resize": setup.resize, "sources": sources, **setup.provenance}
     return described
 
 

@@ -60,6 +60,13 @@ def report(
     if not quiet:
         print(f"monolayer: report: {out}: {len(found.images)} image(s), {len(found.forecasts)} forecast(s), "
               f"{len(found.failures)} failure(s)", file=sys.stderr)
+    if found.own_failures:
+        # The page is written, but it could not show everything it was given.
+        from monolayer.cli.common import say_error
+
+        say_error(f"{found.own_failures} record(s) could not be shown or forecast; they are listed "
+                  f"first in {out}")
+        raise typer.Exit(1)
 
 
 def forecast_images(found, harvest_at: float, alert_within: float | None):
@@ -76,7 +83,15 @@ def forecast_images(found, harvest_at: float, alert_within: float | None):
         raise UsageError("--harvest-at needs segment records with a well",
                          "segment with --name-pattern, or run 'monolayer growth' on your own records")
     time_field = "elapsed_h" if any(r.get("elapsed_h") is not None for r in records) else "time"
-    usable = [(where, 1, r) for where, r in found.images if r.get(time_field) is not None and "well" in r]
+    usable = []
+    for where, r in found.images:
+        if r.get(time_field) is not None and "well" in r:
+            usable.append((where, 1, r))
+        else:  # never silently out of every growth curve: listed first, and exit 1
+            missing = "well" if "well" not in r else time_field
+            found.failures.append((str(r.get("image") or where), f"left out of the forecast: no {missing} "
+                                   f"(the other records are forecast by {time_field})", 65))
+            found.own_failures += 1
     collected = collect(usable, ["well"], time_field, "confluence")
     items = list(forecast(collected, harvest_at))
     panels, xlabel, layout = plot_panels(items, collected)

@@ -39,6 +39,8 @@ class ReportInput:
     images: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     forecasts: list[dict[str, Any]] = field(default_factory=list)
     other: int = 0
+    own_failures: int = 0
+    """Problems the report found itself (bad records, pictures it cannot show): exit 1."""
 
 
 def gather(records: Iterable[tuple[str, int, Any]]) -> ReportInput:
@@ -50,18 +52,26 @@ def gather(records: Iterable[tuple[str, int, Any]]) -> ReportInput:
         where = f"{source}:{number}"
         if isinstance(record, DataError):
             found.failures.append((where, str(record), 65))
+            found.own_failures += 1
             continue
         schema = str(record.get("schema", ""))
         if "error" in record:
             found.failures.append((str(record.get("image") or record.get("well") or where),
                                    str(record["error"]), error_code(record)))
         elif schema.startswith("monolayer.growth/"):
+            try:
+                check("growth", record, where)
+            except DataError as exc:
+                found.failures.append((where, str(exc), 65))
+                found.own_failures += 1
+                continue
             found.forecasts.append(record)
         elif "mask" in record and (schema.startswith("monolayer.segment/") or not schema):
             try:
                 check("segment", record, where, require=("mask",))
             except DataError as exc:
                 found.failures.append((where, str(exc), 65))
+                found.own_failures += 1
                 continue
             found.images.append((where, record))
         else:
@@ -96,8 +106,9 @@ def thumbnail(record: dict[str, Any], where: str) -> str:
     if record.get("overlay"):
         path = _resolve(record["overlay"], where)
         verify_file(path, record.get("overlay_sha256"), where, "overlay_sha256")
-        with Image.open(path) as opened:
-            picture = np.asarray(opened.convert("RGB"))
+        picture = load_image(path).array  # through the size limit, like every image
+        if picture.ndim != 3 or picture.shape[-1] != 3 or picture.dtype != np.uint8:
+            raise DataError(f"{where}: {path} is not an overlay monolayer wrote (8-bit RGB)")
     else:
         mask_path = _resolve(record["mask"], where)
         verify_file(mask_path, record.get("mask_sha256"), where, "mask_sha256")
@@ -136,9 +147,25 @@ figcaption{font-size:.8em;word-break:break-all} .flag{display:inline-block;backg
 """ % {"side": THUMB_SIDE}
 
 
+def thumbnails(found: ReportInput) -> list[str | None]:
+    """One thumbnail per image record; a record whose pictures cannot be shown (missing,
+    replaced, unreadable) becomes a failure of its own, listed first like every failure."""
+    out: list[str | None] = []
+    for where, record in found.images:
+        try:
+            out.append(thumbnail(record, where))
+        except (MonolayerError, OSError, ValueError) as exc:
+            message = str(exc) if isinstance(exc, MonolayerError) else f"{type(exc).__name__}: {exc}"
+            found.failures.append((str(record.get("image") or where), f"cannot show: {message}", 65))
+            found.own_failures += 1
+            out.append(None)
+    return out
+
+
 def render(found: ReportInput, *, title: str, plot_png: bytes | None = None,
            alert_within: float | None = None) -> str:
     """The report as one HTML document (no script, no external reference)."""
+    pictures = thumbnails(found)
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{STYLE}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>",
@@ -177,16 +204,16 @@ def render(found: ReportInput, *, title: str, plot_png: bytes | None = None,
                              f"<td>{flags}</td></tr>")
             parts.append("</table>")
     parts.append("<h2>Images</h2><div class='grid'>")
-    for where, record in found.images:
+    for (where, record), picture in zip(found.images, pictures):
         caption = [f"<b>{100 * float(record.get('confluence') or 0):.1f} %</b>",
                    html.escape(", ".join(f"{label} {record[k]}{unit}" for k, label, unit in _ACQUISITION
                                          if record.get(k) is not None)),
                    html.escape(str(record.get("image")))]
         caption += [f"<span class='flag'>{html.escape(str(f))}</span>" for f in record.get("flags") or []]
-        try:
-            img = f"<img alt='overlay of {html.escape(str(record.get('image')))}' src='{thumbnail(record, where)}'>"
-        except (MonolayerError, OSError) as exc:
-            img = f"<p class='fail'>cannot show: {html.escape(str(exc))}</p>"
+        if picture is not None:
+            img = f"<img alt='overlay of {html.escape(str(record.get('image')))}' src='{picture}'>"
+        else:
+            img = "<p class='fail'>cannot show (see Failures)</p>"
         parts.append(f"<figure>{img}<figcaption>{'<br>'.join(c for c in caption if c)}</figcaption></figure>")
     parts.append("</div></body></html>\n")
     return "\n".join(parts)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,11 @@ SPEC = BackendSpec(
         *RUNTIME_OPTIONS,
         Option("diameter", str, "Mean cell diameter in pixels, or 'auto' to measure it on the labelled "
                "masks given with --truth [default: the checkpoint's diam_labels].", sidecar=True,
+               bounds=(1.0, None),
                metavar="PX|auto"),
         Option("truth", list, "--diameter auto: labelled instance masks (coco2mask JSON Lines or a mask "
                "folder).", metavar="PATH"),
-        Option("flow_threshold", float, "Flow error threshold.", default=0.4, sidecar=True),
+        Option("flow_threshold", float, "Flow error threshold.", default=0.4, sidecar=True, bounds=(0.0, None)),
         Option("cellprob_threshold", float, "Cell probability threshold, in logits.", default=0.0,
                sidecar=True),
         Option("thresholds", Path, "JSON file of tuned thresholds, as written by 'monolayer "
@@ -81,8 +83,11 @@ def segment_values(given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
         # Which file, and the weights it was tuned for: the CLI refuses it for other weights.
         doc = json.loads(Path(thresholds).read_text(encoding="utf-8"))
         tuned_for = doc.get("weights_sha256")
+        if tuned_for is not None and not (isinstance(tuned_for, str) and re.fullmatch(r"[0-9a-f]{64}", tuned_for)):
+            raise DataError(f"{thresholds}: 'weights_sha256' is {tuned_for!r:.40}, not a SHA-256",
+                            "use the file written by 'monolayer cellpose-thresholds'")
         from_file["_source"] = {"path": str(thresholds), "sha256": sha256_file(Path(thresholds)),
-                                "weights_sha256": tuned_for if isinstance(tuned_for, str) else None}
+                                "weights_sha256": tuned_for}
     truth = given.pop("truth", None)
     if "diameter" in given:
         given["diameter"] = _diameter(given["diameter"], truth)

@@ -18,8 +18,9 @@ SPEC = BackendSpec(
     requires=("torch", "torchvision"),
     segment_options=(
         *RUNTIME_OPTIONS,
-        Option("threshold", float, "Absolute probability threshold for the mask.", default=0.5, sidecar=True),
-        Option("score_threshold", float, "Keep instances with at least this confidence.", default=0.5,
+        Option("threshold", float, "Absolute probability threshold for the mask.", default=0.5, sidecar=True,
+               bounds=(0.0, 1.0)),
+        Option("score_threshold", float, "Keep instances with at least this confidence.", default=0.5, bounds=(0.0, 1.0),
                sidecar=True),
     ),
     train_options=(

@@ -20,7 +20,8 @@ SPEC = BackendSpec(
         *RUNTIME_OPTIONS,
         Option("mode", str, "promptless (the paper: no prompts, one mask) or auto (automatic mask "
                "generator, background masks rejected).", default="promptless", choices=("promptless", "auto")),
-        Option("threshold", float, "Absolute probability threshold for the mask.", default=0.5, sidecar=True),
+        Option("threshold", float, "Absolute probability threshold for the mask.", default=0.5, sidecar=True,
+               bounds=(0.0, 1.0)),
         Option("tile", int, "Process images larger than this many pixels in overlapping tiles.", min=256),
         Option("points_per_side", int, "--mode auto: grid of point prompts per side.", default=32, min=1),
     ),

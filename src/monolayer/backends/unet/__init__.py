@@ -18,7 +18,8 @@ SPEC = BackendSpec(
     requires=("torch",),
     segment_options=(
         *RUNTIME_OPTIONS,
-        Option("threshold", float, "Absolute probability threshold for the mask.", default=0.5, sidecar=True),
+        Option("threshold", float, "Absolute probability threshold for the mask.", default=0.5, sidecar=True,
+               bounds=(0.0, 1.0)),
     ),
     train_options=(
         Option("patch", int, "Random crop size in px.", default=256, min=16),

@@ -138,6 +138,32 @@ def describe(command: str, fingerprint: dict[str, Any]) -> str:
     return f"{command}: {shown}" if shown else command
 
 
+def _flat(doc: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(doc, dict):
+        return {prefix.rstrip("."): doc}
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def difference(before: dict[str, Any], now: dict[str, Any]) -> str:
+    """What differs between two run configurations, briefly: ``method phase, now canny``.
+
+    >>> difference({"command": "segment", "fingerprint": {"method": "phase", "page": 0}},
+    ...            {"command": "segment", "fingerprint": {"method": "canny", "page": 0}})
+    'method phase, now canny'
+    """
+    if before.get("command") != now.get("command"):
+        return f"written by {before.get('command')}, not {now.get('command')}"
+    old, new = _flat(before.get("fingerprint") or {}), _flat(now.get("fingerprint") or {})
+    show = lambda v: "none" if v is None else json.dumps(v) if not isinstance(v, str) else v  # noqa: E731
+    changed = [f"{k} {show(old.get(k))}, now {show(new.get(k))}" for k in sorted(old.keys() | new.keys())
+               if old.get(k) != new.get(k)]
+    text = "; ".join(changed[:3]) + (f"; and {len(changed) - 3} more" if len(changed) > 3 else "")
+    return text or "another configuration"
+
+
 def claim_folder(out: Path, command: str, fingerprint: dict[str, Any], *, overwrite: bool) -> int:
     """Make ``out`` this run configuration's folder, or refuse; return the number of
     files a ``--overwrite`` deleted. Call it while holding the folder's lock."""
@@ -160,8 +186,8 @@ def claim_folder(out: Path, command: str, fingerprint: dict[str, Any], *, overwr
         if not overwrite:
             before = previous if isinstance(previous, dict) else {}
             raise UsageError(
-                f"{out} holds the outputs of another run ({describe(str(before.get('command')), before.get('fingerprint') or {})}); "
-                f"this run ({describe(command, fingerprint)}) would mix its files and records with them",
+                f"{out} holds the outputs of another run ({difference(before, wanted)}); "
+                "this run would mix its files and records with them",
                 "use a new --out, or --overwrite to delete that run's outputs first")
     else:
         stray = _unclaimed_outputs(out)

@@ -92,7 +92,7 @@ complete -c monolayer -n '__fish_seen_subcommand_from evaluate' -s h -l help -d 
 complete -c monolayer -n '__fish_seen_subcommand_from cellpose-thresholds' -F
 complete -c monolayer -n '__fish_seen_subcommand_from cellpose-thresholds' -s t -l truth -r -F -d 'Their ground truth: coco2mask JSON Lines, a COCO file or a mask folder (matched by checksum, path or file-name stem). Repeatable.'
 complete -c monolayer -n '__fish_seen_subcommand_from cellpose-thresholds' -s w -l weights -x -d 'Cellpose 3 checkpoint file, or a model type (cyto3, ...) present in cellpose\'s model folder.'
-complete -c monolayer -n '__fish_seen_subcommand_from cellpose-thresholds' -s o -l out -r -F -d 'JSON file for the chosen thresholds (read by \'segment --model cellpose --thresholds FILE\').'
+complete -c monolayer -n '__fish_seen_subcommand_from cellpose-thresholds' -s o -l out -r -F -d 'JSON file for the chosen thresholds (read by \'segment --model cellpose --thresholds FILE\'). When --weights is a file, its sidecar (WEIGHTS.monolayer.json) gets them too, so segment applies them by itself.'
 complete -c monolayer -n '__fish_seen_subcommand_from cellpose-thresholds' -l diameter -x -d 'Mean cell diameter in pixels, or \'auto\' to measure it on the --truth masks [default: the checkpoint\'s].'
 complete -c monolayer -n '__fish_seen_subcommand_from cellpose-thresholds' -l device -x -a 'auto cpu cuda mps' -d 'Where to run [default: auto].'
 complete -c monolayer -n '__fish_seen_subcommand_from cellpose-thresholds' -l page -x -d 'Page of multi-page TIFFs.'

@@ -196,17 +196,30 @@ def test_threshold_search_cli_writes_a_file_segment_reads(cli, examples, weights
         crop = np.s_[:96, :128]
         tifffile.imwrite(tmp_path / "imgs" / f"{name}.tif", tifffile.imread(examples / "images" / f"{name}.tif")[crop])
         tifffile.imwrite(tmp_path / "truth" / f"{name}.tif", tifffile.imread(examples / "masks" / f"{name}.tif")[crop])
-    run = cli("cellpose-thresholds", tmp_path / "imgs", "--truth", tmp_path / "truth", "-w", weights,
+    own = tmp_path / "cp.pth"  # a copy: the search writes a sidecar beside the weights it tuned
+    own.write_bytes(Path(weights).read_bytes())
+    run = cli("cellpose-thresholds", tmp_path / "imgs", "--truth", tmp_path / "truth", "-w", own,
               "--device", "cpu", "--diameter", "30", "--out", tmp_path / "thr.json")
     assert run.code == 0, run.stderr
     [record] = run.records
     saved = json.loads((tmp_path / "thr.json").read_text())
     assert len(saved["grid"]) == 175 and saved["flow_threshold"] == record["flow_threshold"]
-    seg = cli("segment", tmp_path / "imgs", "-m", "cellpose", "-w", weights, "--device", "cpu",
+    seg = cli("segment", tmp_path / "imgs", "-m", "cellpose", "-w", own, "--device", "cpu",
               "--diameter", "30", "--thresholds", tmp_path / "thr.json", "--out", tmp_path / "o")
     assert seg.code == 0, seg.stderr
     assert seg.records[0]["params"]["flow_threshold"] == record["flow_threshold"]
     assert seg.records[0]["params"]["cellprob_threshold"] == record["cellprob_threshold"]
+    # The checkpoint's sidecar carries them: segment applies them without --thresholds.
+    sidecar = json.loads(Path(str(own) + ".monolayer.json").read_text())
+    assert record["sidecar"] == str(own) + ".monolayer.json" and sidecar["model"] == "cellpose"
+    assert sidecar["params"] == {"flow_threshold": record["flow_threshold"],
+                                 "cellprob_threshold": record["cellprob_threshold"]}
+    assert sidecar["normalize"] == "none" and sidecar["weights_sha256"] == record["weights_sha256"]
+    bare = cli("segment", tmp_path / "imgs", "-m", "cellpose", "-w", own, "--device", "cpu",
+               "--diameter", "30", "--out", tmp_path / "b", "-q")
+    assert bare.code == 0, bare.stderr
+    params = bare.records[0]["params"]
+    assert (params["flow_threshold"], params["sources"]["flow_threshold"]) == (record["flow_threshold"], "sidecar")
 
 
 def test_bf16_runs_and_gives_the_image_shape(weights, image):

@@ -84,3 +84,19 @@ def read_sidecar(weights: Path, model: str) -> dict[str, Any] | None:
         if not ok(doc.get(name)):
             raise DataError(f"{where}: field {name!r} is {doc.get(name)!r:.60}", "delete the sidecar or retrain")
     return {**doc, "path": str(path)}
+
+
+def update_sidecar(weights: Path, *, model: str, weights_sha256: str, normalize: str,
+                   params: dict[str, Any]) -> Path:
+    """Set ``params`` in the sidecar of ``weights`` (creating it for a checkpoint that has
+    none; replacing one that describes other weights), keeping what it says otherwise."""
+    try:
+        current = read_sidecar(weights, model)
+    except DataError:
+        current = None  # unreadable or of another model: this one describes the weights now
+    if current is None or current.get("weights_sha256") != weights_sha256:
+        current = {"architecture": {}, "resize": None, "training_set": None, "params": {}}
+    return write_sidecar(weights, model=model, weights_sha256=weights_sha256, normalize=normalize,
+                         resize=current.get("resize"), architecture=current.get("architecture") or {},
+                         training_set=current.get("training_set"),
+                         params={**(current.get("params") or {}), **params})

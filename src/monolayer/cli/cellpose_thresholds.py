@@ -30,7 +30,9 @@ def cellpose_thresholds(
                                          "model type (cyto3, ...) present in cellpose's model folder.",
                                          rich_help_panel=MODEL, show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="JSON file for the chosen thresholds "
-                                      "(read by 'segment --model cellpose --thresholds FILE').",
+                                      "(read by 'segment --model cellpose --thresholds FILE'). When "
+                                      "--weights is a file, its sidecar (WEIGHTS.monolayer.json) gets "
+                                      "them too, so segment applies them by itself.",
                                       rich_help_panel=OUTPUT, show_default=False)],
     diameter: Annotated[str | None, typer.Option(
         "--diameter", help="Mean cell diameter in pixels, or 'auto' to measure it on the --truth "
@@ -67,4 +69,15 @@ def cellpose_thresholds(
     result = search_thresholds(backend, images, masks)
     write_thresholds(out, {**result, "images": names})
     summary = {k: v for k, v in result.items() if k != "grid"}
-    RecordWriter().write(new_record("cellpose-thresholds", **summary, thresholds=str(out)))
+    sidecar = None
+    weights_file = Path(weights).expanduser()
+    if weights_file.is_file():
+        # The checkpoint now carries its tuned thresholds: 'segment -m cellpose -w FILE' applies
+        # them (below an explicit flag), and they can never be used with other weights.
+        from monolayer.sidecar import update_sidecar
+
+        sidecar = str(update_sidecar(weights_file, model="cellpose", weights_sha256=result["weights_sha256"],
+                                     normalize=setup.normalize,
+                                     params={"flow_threshold": result["flow_threshold"],
+                                             "cellprob_threshold": result["cellprob_threshold"]}))
+    RecordWriter().write(new_record("cellpose-thresholds", **summary, thresholds=str(out), sidecar=sidecar))

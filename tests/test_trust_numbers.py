@@ -8,7 +8,6 @@ folders matched by a different name rule than segment's.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import stat

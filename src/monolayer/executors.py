@@ -307,10 +307,10 @@ def run_segment(jobs: Iterable[Job], executor: Executor, options: SegmentOptions
         files = _output_files(record, root)
         if None in files.values() or files != entry.get("files"):
             return None  # removed or overwritten since: compute it again
-        for field in ("mask", "prob", "overlay"):
-            if record.get(field) and record.get(f"{field}_sha256"):
+        for name in ("mask", "prob", "overlay"):
+            if record.get(name) and record.get(f"{name}_sha256"):
                 try:
-                    same = sha256_file(os.path.join(root, os.path.basename(record[field]))) == record[f"{field}_sha256"]
+                    same = sha256_file(os.path.join(root, os.path.basename(record[name]))) == record[f"{name}_sha256"]
                 except (OSError, MonolayerError):
                     same = False
                 if not same:

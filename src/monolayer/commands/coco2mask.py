@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from monolayer.coco import CocoFile, CocoImage, rasterize, safe_stem
+from monolayer.coco import CocoFile, CocoImage, rasterize
 from monolayer.commands._naming import OutputNamer, inside
 from monolayer.errors import EXIT_DATA, DataError, MonolayerError
 from monolayer.io.images import image_size, sha256_file

@@ -10,7 +10,6 @@ and al-round manifests. Outputs are plain records; plotting lives in
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable

@@ -10,7 +10,6 @@ batch can report it and go on.
 from __future__ import annotations
 
 import glob
-import json
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass

@@ -35,7 +35,6 @@ Thresholds
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 from collections.abc import Iterator
@@ -48,8 +47,7 @@ import torch
 
 from monolayer.backends._base import Prediction
 from monolayer.backends._torch import RuntimeOptions, TorchBackend
-from monolayer.errors import DataError, NoInputError, UsageError
-from monolayer.backends.cellpose import read_thresholds  # noqa: F401 - re-exported
+from monolayer.errors import DataError, UsageError
 from monolayer.weights import load_state_dict
 
 DEFAULT_FLOW_THRESHOLD = 0.4

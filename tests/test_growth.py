@@ -230,3 +230,21 @@ def test_plot_of_other_groups_is_a_grid(cli, tmp_path):
               input=jsonl(records))
     assert run.code == 0, run.stderr
     assert target.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_times_in_the_wrong_unit_are_an_error_record_not_a_forecast(cli, tmp_path):
+    import math as _math
+
+    lines = [{"well": "A1", "time": i * 4 * 3600, "confluence": round(0.9 / (1 + 17 * _math.exp(-0.2 * i)), 4)}
+             for i in range(13)]
+    lines += [{"well": "A2", "time": i * 4, "confluence": round(0.9 / (1 + 17 * _math.exp(-0.2 * i)), 4)}
+              for i in range(13)]
+    lines += [{"well": "A3", "time": t, "confluence": 0.0} for t in (0, 8, 16)]
+    path = tmp_path / "s.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    run = cli("growth", path, "--harvest-at", "0.7")
+    assert run.code == 1
+    a1, a2, a3 = run.records
+    assert a1["exit_code"] == 65 and "seconds or minutes" in a1["error"] and "well=A1" in run.stderr
+    assert "error" not in a2 and a2["capacity"] is not None
+    assert a3["rate_per_h"] == 0.0 and a3["doubling_time_h"] is None

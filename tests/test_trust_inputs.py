@@ -410,3 +410,23 @@ def test_stats_keeps_true_1_and_1_0_in_three_groups(cli, tmp_path):
     assert run.code == 0, run.stderr
     summaries = {(type(r["strategy"]).__name__, r["mean"]) for r in run.records if r["record"] == "summary"}
     assert summaries == {("bool", 0.9), ("int", 0.1)}
+
+
+def test_a_key_given_twice_is_an_error_not_the_last_value(cli, tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"well":"A1","confluence":0.2,"confluence":0.9}\n')
+    run = cli("stats", tmp_path / "d.jsonl", "--field", "confluence")
+    assert run.code == 65 and "the key 'confluence' appears twice" in run.stderr
+    run = cli("segment", "-", "-o", tmp_path / "o", input='{"image": "a.png", "image": "b.tif"}\n')
+    assert run.code == 65 and "appears twice" in run.records[0]["error"]
+
+
+def test_deeply_nested_json_files_outside_json_lines_are_exit_65(cli, tmp_path):
+    depth = 100_000
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"images": [], "x": ' + "[" * depth + "]" * depth + "}")
+    run = cli("coco2mask", deep, "-o", tmp_path / "m")
+    assert run.code == 65 and "nested too deeply" in run.stderr
+    tifffile.imwrite(tmp_path / "m.tif", np.ones((4, 4), np.uint8))
+    (tmp_path / "p.jsonl").write_text(json.dumps({"image": "m.tif", "mask": str(tmp_path / "m.tif")}) + "\n")
+    run = cli("evaluate", tmp_path / "p.jsonl", "--truth", deep)
+    assert run.code == 65 and "internal error" not in run.stderr

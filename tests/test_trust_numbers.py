@@ -724,3 +724,45 @@ def test_float16_tiff_is_read_without_warnings(cli, tmp_path, crop):
                - quiet_confluence(cli, tmp_path / "plain16.tif", tmp_path / "o3")) < 1e-3
     top = np.array([[0, 1000, 65504, np.inf]], np.float16)
     np.testing.assert_array_equal(to_grayscale(top), top.astype(np.float32))
+
+
+def test_two_unnamed_channels_are_refused_alpha_is_dropped(cli, tmp_path):
+    import tifffile as tf
+
+    gray = tf.imread(EXAMPLE)[:256, :256]
+    tf.imwrite(tmp_path / "two.tif", np.stack([np.zeros_like(gray), gray]), photometric="minisblack",
+               planarconfig="separate")
+    tf.imwrite(tmp_path / "alpha.tif", np.stack([gray, np.full_like(gray, 65535)], axis=-1),
+               photometric="minisblack", extrasamples=[2])
+    tf.imwrite(tmp_path / "plain.tif", gray)
+    run = cli("segment", tmp_path / "two.tif", tmp_path / "alpha.tif", tmp_path / "plain.tif", "-o", tmp_path / "o")
+    assert run.code == 1
+    two, alpha, plain = run.records
+    assert two["exit_code"] == 65 and "2 channels" in two["error"] and "two.tif" in two["error"]
+    assert alpha["confluence"] == plain["confluence"]
+
+
+def test_exif_orientation_is_applied_as_a_viewer_shows_the_image(cli, tmp_path):
+    from PIL import Image as PILImage
+
+    gray = tifffile.imread(EXAMPLE)[:256, :320].astype(float)
+    eight = np.clip((gray - np.percentile(gray, 0.5)) / np.ptp(np.percentile(gray, [0.5, 99.5])) * 255, 0, 255)
+    eight = eight.astype(np.uint8)
+    PILImage.fromarray(eight).save(tmp_path / "up.png")
+    exif = PILImage.Exif()
+    exif[0x0112] = 3  # stored upside down, shown upright
+    PILImage.fromarray(eight[::-1, ::-1].copy()).save(tmp_path / "turned.png", exif=exif)
+    run = cli("segment", tmp_path / "up.png", tmp_path / "turned.png", "-o", tmp_path / "o", "-q")
+    assert run.code == 0
+    up, turned = (tifffile.imread(r["mask"]) for r in run.records)
+    assert up.shape == turned.shape == (256, 320) and np.array_equal(up, turned)
+
+
+def test_an_image_too_small_for_the_method_is_an_error_not_zero(cli, tmp_path):
+    strip = tifffile.imread(EXAMPLE)[:16]
+    tifffile.imwrite(tmp_path / "strip.tif", strip)
+    PILImage = __import__("PIL.Image", fromlist=["Image"])
+    PILImage.fromarray(np.zeros((1, 1), np.uint8)).save(tmp_path / "dot.png")
+    run = cli("segment", tmp_path / "strip.tif", tmp_path / "dot.png", "-o", tmp_path / "o")
+    assert run.code == 65
+    assert all("too small for model classical" in r["error"] for r in run.records)

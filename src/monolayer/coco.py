@@ -14,7 +14,6 @@ The foreground, and so the confluence, is the same as with exact labels.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable
@@ -75,8 +74,10 @@ def load_coco(path: str | Path) -> CocoFile:
     if not p.exists():
         raise NoInputError(f"{p}: no such file")
     try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        from monolayer.records import strict_loads
+
+        doc = strict_loads(p.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"{p}: not a JSON file ({exc})", "expected COCO instances JSON") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
         raise DataError(f"{p}: no 'images' list", "expected COCO instances JSON")

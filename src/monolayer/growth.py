@@ -259,7 +259,8 @@ class GrowthFit:
     @property
     def doubling_time(self) -> float | None:
         rate = self.rate
-        return math.log(2) / rate if rate > 0 else None
+        # Below 1e-6 per hour (a doubling time over a century) the rate is printed as 0: none.
+        return math.log(2) / rate if rate >= 1e-6 else None
 
     def capacity_interval(self) -> tuple[float, float, float]:
         """10 %, 50 % and 90 % posterior quantiles of the capacity."""
@@ -406,6 +407,10 @@ def _smooth(hours: np.ndarray, steps: list[tuple[np.ndarray, ...]]) -> np.ndarra
     return levels
 
 
+MAX_SPAN_H = 24 * 365.0
+"""Longest time course fitted (a year): anything longer is a unit error, not a culture."""
+
+
 def fit_growth(hours: np.ndarray, values: np.ndarray) -> GrowthFit:
     """Fit one culture: ``hours`` strictly increasing, ``values`` confluence fractions.
 
@@ -420,17 +425,29 @@ def fit_growth(hours: np.ndarray, values: np.ndarray) -> GrowthFit:
         raise ValueError(f"need at least {MIN_POINTS} time points and one value per time point")
     if not np.all(np.diff(hours) > 0):
         raise ValueError("time points must be strictly increasing")
+    span = float(hours[-1] - hours[0])
+    if span > MAX_SPAN_H:
+        raise ValueError(f"the time points span {span:.4g} hours, more than any culture grows "
+                         f"({MAX_SPAN_H:g} h): are they seconds or minutes?")
     y = np.clip(values, FLOOR, CEILING)
     low = CAPACITY_FROM * float(y.max())
     capacities = low + (1.0 - low) * (np.arange(CAPACITY_POINTS) + 0.5) / CAPACITY_POINTS
     capacity, drift, shape = np.meshgrid(capacities, np.asarray(DRIFTS), np.asarray(SHAPES), indexing="ij")
-    run = _kalman(hours, np.log(y), capacity, shape, drift)
-    dof = hours.size - 2 + NOISE_PRIOR[0]
-    ssq = run["ssq"] + NOISE_PRIOR[0] * NOISE_PRIOR[1] ** 2 + 1e-12  # + 1e-12: noise-free input, not log(0)
-    log_like = -0.5 * run["log_det"] - 0.5 * dof * np.log(ssq)
-    log_post = log_like + beta.logpdf(capacity, *CAPACITY_PRIOR)
-    weight = np.exp(log_post - log_post.max())
-    weight /= weight.sum()
+    with np.errstate(all="ignore"):  # checked below: a failed fit is an error, never a forecast
+        run = _kalman(hours, np.log(y), capacity, shape, drift)
+        dof = hours.size - 2 + NOISE_PRIOR[0]
+        ssq = run["ssq"] + NOISE_PRIOR[0] * NOISE_PRIOR[1] ** 2 + 1e-12  # + 1e-12: noise-free input, not log(0)
+        log_like = -0.5 * run["log_det"] - 0.5 * dof * np.log(ssq)
+        log_post = log_like + beta.logpdf(capacity, *CAPACITY_PRIOR)
+        log_post = np.where(np.isfinite(log_post), log_post, -np.inf)
+        if not np.isfinite(log_post).any():
+            raise ValueError("the growth fit failed numerically for every curve (odd time points?)")
+        weight = np.exp(log_post - log_post.max())
+        weight /= weight.sum()
+    usable = weight > 0
+    for name in ("level", "slope", "p00", "p11"):
+        if not np.isfinite(run[name][usable]).all():
+            raise ValueError("the growth fit failed numerically (odd time points or values?)")
     grid = _Grid(capacity=capacity, drift=drift, shape=shape, weight=weight, z=run["level"],
                  slope=run["slope"], p00=run["p00"], p01=run["p01"], p11=run["p11"], scale=ssq / dof, dof=dof)
     return GrowthFit(hours, values, grid)

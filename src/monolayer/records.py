@@ -134,6 +134,32 @@ def _check_strings(record: Any) -> str | None:
     return None
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        duplicate = next(k for k in keys if keys.count(k) > 1)
+        raise ValueError(f"the key {duplicate!r} appears twice in one object")
+    return dict(pairs)
+
+
+def strict_loads(text: str) -> Any:
+    """:func:`json.loads` that refuses what JSON readers disagree on or cannot survive:
+    ``NaN``/``Infinity`` tokens, a key given twice in one object (which value counts?),
+    and nesting too deep to parse. Every failure is a :class:`ValueError`.
+
+    >>> strict_loads('{"a": 1}')
+    {'a': 1}
+    >>> strict_loads('{"a": 1, "a": 2}')
+    Traceback (most recent call last):
+    ...
+    ValueError: the key 'a' appears twice in one object
+    """
+    try:
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise ValueError("nested too deeply to read") from None
+
+
 def parse_line(text: str, where: str) -> dict[str, Any]:
     """One JSON Lines record, or :class:`DataError` naming ``where`` (``file:line``).
 
@@ -145,7 +171,7 @@ def parse_line(text: str, where: str) -> dict[str, Any]:
         raise DataError(f"{where}: starts with a byte-order mark (BOM)",
                         "save the file as UTF-8 without BOM")
     try:
-        record = json.loads(text, parse_constant=_reject_constant)
+        record = strict_loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{where}: not valid JSON ({exc.msg})", "each line must be one JSON object") from None
     except ValueError as exc:

@@ -140,6 +140,8 @@ class BackendSpec:
     """Training defaults shown in ``train --help`` (``lr``, ``batch_size``)."""
     train_requires_weights: bool = False
     """Training fine-tunes a given checkpoint (``--weights`` required)."""
+    min_side: int = 16
+    """Images with a side shorter than this many px are refused (an error, not a number)."""
     uncertainty: str = "entropy"
     """How ``entropy-rank`` ranks this model's records: ``entropy`` of the saved probability
     map, or ``score`` (the mean instance confidence the backend records)."""

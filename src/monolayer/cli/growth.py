@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from monolayer.cli.common import CHECKS, INPUT, OUTPUT, cli_errors, say_warning
+from monolayer.cli.common import CHECKS, INPUT, OUTPUT, cli_errors, say_error, say_warning
 from monolayer.errors import EXIT_ALERT, NoInputError
 from monolayer.records import RecordWriter, iter_many
 
@@ -52,7 +52,8 @@ def growth(
     records are skipped and counted on stderr.
 
     Exit codes: 0 done, 3 an --alert-within alert (every record was written),
-    2 usage, 65 bad input (file:line), 66 no input.
+    1 a group could not be fitted (an error record for it; the others are
+    written), 2 usage, 65 bad input (file:line), 66 no input.
 
     Example (a nightly cron job that mails when a well is due within a day):
 
@@ -71,10 +72,15 @@ def growth(
         say_warning(f"skipped {collected.error_records} error record(s)")
     writer = RecordWriter()
     items = []
+    failed = 0
     for item in forecast(collected, harvest_at):
         writer.write(item.record)
-        items.append(item)
-    if plot is not None:
+        if "error" in item.record:
+            failed += 1
+            say_error(item.record["error"])
+        else:
+            items.append(item)
+    if plot is not None and items:
         from monolayer.commands.growth import plot_panels
         from monolayer.growth_plot import growth_plot
 
@@ -84,8 +90,10 @@ def growth(
         lines = [line for item in items if (line := alert_line(item, alert_within)) is not None]
         for line in lines:
             _alert(line)
-        if lines:
+        if lines:  # an alert wins over a failed group: the alert mail carries the error lines too
             raise typer.Exit(EXIT_ALERT)
+    if failed:
+        raise typer.Exit(1)
 
 
 def _alert(line: str) -> None:

@@ -8,7 +8,6 @@ never used: a shuffled prediction file gives the same evaluation.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -143,8 +142,10 @@ def _is_coco(path: Path) -> bool:
     if path.suffix.lower() != ".json":
         return False
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        from monolayer.records import strict_loads
+
+        doc = strict_loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
         return False
     return isinstance(doc, dict) and "images" in doc
 

@@ -253,7 +253,13 @@ def forecast_one(collected: Collected, series: Series, harvest_at: float) -> For
 def forecast(collected: Collected, harvest_at: float) -> Iterable[Forecast]:
     """One forecast per group, in order of first appearance (lazily: each is written as it is ready)."""
     for series in collected.series.values():
-        yield forecast_one(collected, series, harvest_at)
+        try:
+            yield forecast_one(collected, series, harvest_at)
+        except (ValueError, ArithmeticError) as exc:
+            # That group's curve cannot be fitted: an error record for it, the others go on.
+            label = " ".join(f"{k}={v}" for k, v in series.shown.items())
+            yield Forecast(record=new_record(KIND, **series.shown, error=f"{label}: {exc}", exit_code=65),
+                           series=series, fit=None, hours=np.array([]), values=np.array([]))
 
 
 def alert_line(item: Forecast, alert_within: float) -> str | None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from monolayer.backends import Backend, Prediction
 from monolayer.commands._naming import OutputNamer, inside
-from monolayer.errors import EXIT_DATA, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_IO, InternalError, MonolayerError, NoInputError, UsageError
+from monolayer.errors import EXIT_DATA, DataError, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_IO, InternalError, MonolayerError, NoInputError, UsageError
 from monolayer.io.images import PREPROCESS_MODES, load_image, normalize, preprocess, resize_longest, to_grayscale
 from monolayer.io.inputs import InputItem
 from monolayer.io.masks import write_binary_mask, write_score_map
@@ -160,7 +160,10 @@ class _Loaded:
 def _load(index: int, job: Job, page: int) -> _Loaded:
     started = time.perf_counter()
     loaded = load_image(job.path, page)
-    gray = to_grayscale(loaded.array)
+    try:
+        gray = to_grayscale(loaded.array)
+    except DataError as exc:
+        raise DataError(f"{job.image}: {exc.message}", exc.hint) from None
     return _Loaded(index, job, loaded.sha256, gray, time.perf_counter() - started, loaded.array.dtype)
 
 
@@ -292,6 +295,20 @@ def _failure(image: str, exc: Exception, model: dict[str, Any]) -> dict[str, Any
     return error_record(image, f"{image}: {type(exc).__name__}: {exc}", EXIT_INTERNAL, model)
 
 
+def _check_size(x: _Loaded, model: dict[str, Any]) -> None:
+    """Refuse an image smaller than the model can measure (a 1 x 1 or a thin strip): the
+    classical method's windows and minimum object size would report 0 confluence, a wrong
+    number, where an error is the truth."""
+    from monolayer.backends import BACKENDS
+
+    spec = BACKENDS.get(str(model.get("model")))
+    smallest = spec.min_side if spec is not None else 1
+    if min(x.gray.shape) < smallest:
+        height, width = x.gray.shape
+        raise DataError(f"{x.job.image}: {width}x{height} px is too small for model {model.get('model')} "
+                        f"(at least {smallest} px on each side)", "segment the whole field of view")
+
+
 def process_chunk(chunk: list[Job], backend: Backend, options: SegmentOptions,
                   model: dict[str, Any], model_lock: Any = None, *,
                   cancel: Any = None) -> list[dict[str, Any]]:
@@ -314,7 +331,9 @@ def process_chunk(chunk: list[Job], backend: Backend, options: SegmentOptions,
             results[i] = error_record(job.image, job.error, job.exit_code, model)
             continue
         try:
-            ready.append(_load(i, job, options.page))
+            loaded = _load(i, job, options.page)
+            _check_size(loaded, model)
+            ready.append(loaded)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:

@@ -181,6 +181,12 @@ def _read_pillow(source: io.BytesIO, name: Path, page: int, *, as_stored: bool =
                 except EOFError:
                     raise DataError(f"{name}: has no page {page}") from None
             img.load()
+            if not as_stored and img.getexif().get(0x0112, 1) not in (0, 1):
+                # The pixels as a viewer shows them (and annotation tools label them): a camera's
+                # EXIF orientation (rotated or mirrored) is applied, as Pillow's exif_transpose does.
+                from PIL import ImageOps
+
+                img = ImageOps.exif_transpose(img)
             if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
                 return np.asarray(img, dtype=np.uint16)
             if img.mode == "P":
@@ -189,6 +195,8 @@ def _read_pillow(source: io.BytesIO, name: Path, page: int, *, as_stored: bool =
                 img = img.convert("RGBA" if "transparency" in img.info else "RGB")
             elif img.mode not in PILLOW_MODES_AS_STORED:
                 img = _pillow_luminance(img, name)
+            if img.mode == "LA" and not as_stored:
+                return np.asarray(img)[..., 0]  # the second band is alpha: only the grey is the image
             return np.asarray(img)
 
 
@@ -219,6 +227,11 @@ def _tiff_pixels(page: Any, array: np.ndarray, name: Path, *, as_stored: bool = 
     if photometric in TIFF_PHOTOMETRIC_AS_STORED:
         if as_stored:
             return array
+        extra = tuple(int(v) for v in (getattr(page, "extrasamples", None) or ()))
+        if array.ndim == 3 and array.shape[-1] in (2, 4) and extra and extra[-1] in (1, 2):
+            array = array[..., :-1]  # the file says the last sample is alpha: not part of the image
+            if array.shape[-1] == 1:
+                array = array[..., 0]
         if photometric == TIFF_PHOTOMETRIC_INVERTED:
             return _inverted(array, int(page.bitspersample))
         if photometric == TIFF_PHOTOMETRIC_PALETTE:
@@ -402,7 +415,12 @@ def to_grayscale(array: np.ndarray) -> np.ndarray:
         a = a[0]
     if a.ndim == 3 and a.shape[-1] in (1, 2, 3, 4):
         channels = a.shape[-1]
-        if channels in (1, 2):  # gray or gray+alpha
+        if channels == 2:
+            # Readers drop a sample the file marks as alpha; two samples left are two channels
+            # (phase + fluorescence, say): which one is the image cannot be guessed.
+            raise DataError(f"an image with 2 channels (shape {array.shape}): monolayer cannot tell "
+                            "which one to segment", "save the phase-contrast channel alone")
+        if channels == 1:
             a = a[..., 0]
         else:
             rgb = _as_float32(a[..., :3])

@@ -178,7 +178,9 @@ def claim_folder(out: Path, command: str, fingerprint: dict[str, Any], *, overwr
         raise OutputError(f"{claim_path} is a symbolic link", "remove the link")
     if claim_path.is_file():
         try:
-            previous = json.loads(claim_path.read_text(encoding="utf-8"))
+            from monolayer.records import strict_loads
+
+            previous = strict_loads(claim_path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError):
             previous = {"command": "?", "fingerprint": {"unreadable": str(claim_path)}}
         if isinstance(previous, dict) and {k: previous.get(k) for k in wanted} == wanted:

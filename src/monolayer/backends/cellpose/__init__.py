@@ -55,8 +55,10 @@ def read_thresholds(path: Path) -> dict[str, float]:
         raise NoInputError(f"no such thresholds file: {path}",
                            "write one with 'monolayer cellpose-thresholds'")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        from monolayer.records import strict_loads
+
+        data = strict_loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"{path}: cannot read thresholds ({exc})") from None
     out = {}
     for key in ("flow_threshold", "cellprob_threshold"):
@@ -81,7 +83,7 @@ def segment_values(given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
 
         from_file = read_thresholds(Path(thresholds))
         # Which file, and the weights it was tuned for: the CLI refuses it for other weights.
-        doc = json.loads(Path(thresholds).read_text(encoding="utf-8"))
+        doc = json.loads(Path(thresholds).read_text(encoding="utf-8"))  # read_thresholds parsed it strictly
         tuned_for = doc.get("weights_sha256")
         if tuned_for is not None and not (isinstance(tuned_for, str) and re.fullmatch(r"[0-9a-f]{64}", tuned_for)):
             raise DataError(f"{thresholds}: 'weights_sha256' is {tuned_for!r:.40}, not a SHA-256",

@@ -19,12 +19,13 @@ be lost or bridged.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from monolayer.morphology import fill_holes, remove_small_objects
+from monolayer.morphology import remove_small_objects
 
 SCORE_THRESHOLD = 0.5
 """The score is moved so that ``mask == (score >= SCORE_THRESHOLD)`` holds exactly."""
@@ -62,6 +63,84 @@ def _disk(radius: int) -> np.ndarray:
     return (yy * yy + xx * xx) <= radius * radius
 
 
+def _disk_rectangles(radius: int) -> list[tuple[int, int]]:
+    """Half-heights and half-widths of centred rectangles whose union is ``_disk(radius)``.
+
+    Morphology by a union of rectangles is the OR (dilation) or AND (erosion) of
+    morphology by each rectangle, and a rectangle is two 1-D running max/min
+    filters: the same result as ``ndi.binary_*`` with the disk, several times faster.
+    """
+    half_widths = [math.isqrt(radius * radius - dy * dy) for dy in range(radius + 1)]
+    return [(dy, w) for dy, w in enumerate(half_widths) if dy == radius or half_widths[dy + 1] < w]
+
+
+def _rank_by_disk(mask: np.ndarray, radius: int, dilate: bool, border_value: int) -> np.ndarray:
+    """Binary dilation or erosion of ``mask`` by ``_disk(radius)``; pixels outside the
+    image count as ``border_value`` (as in ``ndi.binary_dilation``/``binary_erosion``)."""
+    a = np.asarray(mask, dtype=bool)
+    combine = np.logical_or if dilate else np.logical_and
+    out: np.ndarray | None = None
+    for half_h, half_w in _disk_rectangles(radius):
+        r = _run_1d(_run_1d(a, half_w, 1, dilate, border_value), half_h, 0, dilate, border_value)
+        if out is None:
+            out = r.copy() if r is a else r
+        else:
+            combine(out, r, out=out)
+    assert out is not None
+    return out
+
+
+def _run_1d(a: np.ndarray, half: int, axis: int, dilate: bool, border_value: int) -> np.ndarray:
+    """Running OR (``dilate``) or AND of ``a`` over ``2 * half + 1`` pixels along ``axis``,
+    outside pixels being ``border_value``: shifted copies, cheap for the small radii used."""
+    if half == 0:
+        return a
+    combine = np.logical_or if dilate else np.logical_and
+    n = a.shape[axis]
+    out = a.copy()
+
+    def part(start: int | None, stop: int | None) -> tuple[slice, ...]:
+        return (slice(start, stop),) if axis == 0 else (slice(None), slice(start, stop))
+
+    for shift in range(1, min(half, n - 1) + 1):
+        combine(out[part(shift, None)], a[part(None, -shift)], out=out[part(shift, None)])
+        combine(out[part(None, -shift)], a[part(shift, None)], out=out[part(None, -shift)])
+    if bool(border_value) == dilate:  # the outside pixels decide those within ``half`` of an edge
+        edge = min(half, n)
+        out[part(None, edge)] = border_value
+        out[part(n - edge, None)] = border_value
+    return out
+
+
+def _closing(mask: np.ndarray, radius: int) -> np.ndarray:
+    """``ndi.binary_closing(mask, _disk(radius), border_value=0)``, by 1-D filters."""
+    return _rank_by_disk(_rank_by_disk(mask, radius, True, 0), radius, False, 0)
+
+
+def _erosion(mask: np.ndarray, radius: int, border_value: int) -> np.ndarray:
+    """``ndi.binary_erosion(mask, _disk(radius), border_value=border_value)``, by 1-D filters."""
+    return _rank_by_disk(mask, radius, False, border_value)
+
+
+def _fill_holes(mask: np.ndarray, max_size: int | None) -> np.ndarray:
+    """:func:`monolayer.morphology.fill_holes` in one labelling of the background.
+
+    A hole is a 4-connected background component touching no image edge (what
+    ``ndi.binary_fill_holes`` fills), so labelling the background once finds every
+    hole and its size; no flood fill from the border is needed.
+    """
+    m = np.asarray(mask, dtype=bool)
+    labels, n = ndi.label(~m)
+    if n == 0:
+        return m.copy()
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    fill = np.ones(n + 1, dtype=bool) if max_size is None else sizes <= max_size
+    fill[0] = False
+    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+        fill[edge] = False
+    return m | fill[labels]
+
+
 def noise_sigma(image: np.ndarray, block: int = 16, percentile: float = 2.0) -> float:
     """Robust pixel-noise sigma of an image.
 
@@ -96,24 +175,34 @@ def segment_phase(image: np.ndarray, params: PhaseParams = PhaseParams()) -> tup
     ``mask == (score >= 0.5)`` holds exactly. It is a texture score, not a
     calibrated probability.
     """
-    a = np.nan_to_num(np.asarray(image, dtype=np.float32))
+    # Speed without changing a bit (tests/test_classical_speed.py holds the first version):
+    # in-place float32 arithmetic in the same order, disk morphology by 1-D running
+    # filters, and hole filling by one labelling of the background.
+    a = np.asarray(image, dtype=np.float32)
     if a.ndim != 2:
         raise ValueError("segment_phase expects a 2-D image")
+    if not np.isfinite(a).all():
+        a = np.nan_to_num(a)
     mean = ndi.gaussian_filter(a, params.window_sigma)
-    mean_sq = ndi.gaussian_filter(a * a, params.window_sigma)
-    texture = np.sqrt(np.maximum(mean_sq - mean * mean, 0.0))
+    texture = np.multiply(a, a)
+    ndi.gaussian_filter(texture, params.window_sigma, output=texture)  # mean of squares
+    np.subtract(texture, np.multiply(mean, mean, out=mean), out=texture)
+    np.sqrt(np.maximum(texture, 0.0, out=texture), out=texture)
     threshold = max(params.t_abs, params.k_noise * noise_sigma(a))
     mask = texture > threshold
     if params.close_radius > 0:
-        mask = ndi.binary_closing(mask, _disk(params.close_radius), border_value=0)
-    mask = fill_holes(mask, params.max_hole)
+        mask = _closing(mask, params.close_radius)
+    mask = _fill_holes(mask, params.max_hole)
     if params.erode_radius > 0:
-        mask = ndi.binary_erosion(mask, _disk(params.erode_radius), border_value=1)
+        mask = _erosion(mask, params.erode_radius, 1)
     if params.halo_delta is not None and mask.any():
-        background = a[~mask] if (~mask).sum() > 0.02 * mask.size else a.ravel()
-        bright = ndi.gaussian_filter(a, 1.0) > _background_level(background) + params.halo_delta
-        mask = fill_holes(mask & ~bright, params.max_hole)
+        outside = ~mask
+        background = a[outside] if np.count_nonzero(outside) > 0.02 * mask.size else a.ravel()
+        bright = ndi.gaussian_filter(a, 1.0, output=mean) > _background_level(background) + params.halo_delta
+        mask = _fill_holes(mask & ~bright, params.max_hole)
     mask = remove_small_objects(mask, params.min_size)
-    score = np.clip(texture / np.float32(2.0 * threshold), 0.0, 1.0)
-    score = np.where(mask, np.maximum(score, np.float32(SCORE_THRESHOLD)), np.minimum(score, np.float32(0.499)))
-    return mask, score.astype(np.float32)
+    score = np.divide(texture, np.float32(2.0 * threshold), out=texture)
+    np.clip(score, 0.0, 1.0, out=score)
+    np.maximum(score, np.float32(SCORE_THRESHOLD), out=score, where=mask)
+    np.minimum(score, np.float32(0.499), out=score, where=~mask)
+    return mask, score

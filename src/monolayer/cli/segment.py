@@ -18,7 +18,7 @@ from monolayer.cli.common import (
 )
 from monolayer.commands.segment import SegmentOptions, in_shard, parse_shard, plan_jobs
 from monolayer.executors import EXECUTORS, Executor, Recipe, check_executor, run_segment
-from monolayer.io.atomic import ensure_folder, present
+from monolayer.io.atomic import ensure_folder, present, remove_own_partials
 from monolayer.io.journal import Journal, output_lock
 from monolayer.io.provenance import OutputList, claim_folder
 from monolayer.errors import NoInputError, UsageError
@@ -197,6 +197,9 @@ def segment(
                         break
         except BaseException:
             pool.close(cancel=True)
+            # A worker ended mid-write leaves a temporary file (never a final name): with every
+            # worker gone and the lock still held, this run's own temporary files go too.
+            remove_own_partials(out)
             raise
         finally:
             journal.close()

@@ -37,7 +37,7 @@ _monolayer() {
                 --method) COMPREPLY=($(compgen -W "phase canny" -- "$cur")); return ;;
                 -w|--weights) COMPREPLY=(); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
-                --precision) COMPREPLY=($(compgen -W "fp32 bf16" -- "$cur")); return ;;
+                --precision) COMPREPLY=($(compgen -W "auto fp32 bf16" -- "$cur")); return ;;
                 --batch-size) COMPREPLY=(); return ;;
                 --seed) COMPREPLY=(); return ;;
                 --mode) COMPREPLY=($(compgen -W "promptless auto" -- "$cur")); return ;;

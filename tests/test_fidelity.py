@@ -203,7 +203,8 @@ def _predictor_prob(predictor, gray8: np.ndarray) -> np.ndarray:
 
 
 def _segment(cli, image: Path, out: Path, *args: Any) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    run = cli("segment", image, "--device", "cpu", "--save-prob", "--out", out, *args)
+    # fp32: these compare against the libraries' own fp32 forward (--precision auto may pick bf16).
+    run = cli("segment", image, "--device", "cpu", "--precision", "fp32", "--save-prob", "--out", out, *args)
     assert run.code == 0, run.stderr
     [record] = run.records
     return record, tifffile.imread(record["mask"]) > 0, tifffile.imread(record["prob"])

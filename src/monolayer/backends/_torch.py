@@ -13,7 +13,7 @@ import torch
 
 from monolayer.backends._base import Backend
 from monolayer.backends._spec import RuntimeOptions  # noqa: F401 - the learned backends' import path
-from monolayer.devices import check_precision, resolve_device
+from monolayer.devices import check_precision, resolve_device, resolve_precision
 from monolayer.weights import Weights, resolve
 
 
@@ -25,7 +25,8 @@ class TorchBackend(Backend):
         self.batch_size = max(1, runtime.batch_size)
         torch.manual_seed(runtime.seed)
         self.device = resolve_device(runtime.device)
-        self.autocast_dtype = check_precision(runtime.precision, self.device)
+        self.precision = resolve_precision(runtime.precision, self.device)
+        self.autocast_dtype = check_precision(self.precision, self.device)
         self.weights: Weights = resolve(runtime.weights, self.name)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -39,6 +40,8 @@ class TorchBackend(Backend):
         runtime = asdict(self.runtime)
         runtime.pop("weights")
         runtime["device"] = str(self.device)
+        runtime["precision_requested"] = runtime["precision"]
+        runtime["precision"] = self.precision
         return {"model": self.name, "method": method, "params": {**params, **runtime},
                 "weights": self.weights.name or str(self.weights.path),
                 "weights_sha256": self.weights.sha256}

@@ -34,6 +34,7 @@ import torch
 
 from monolayer.backends._base import Prediction
 from monolayer.backends._torch import RuntimeOptions, TorchBackend
+from monolayer.backends.sam.fast import install as install_fast_attention
 from monolayer.errors import DataError, UsageError
 from monolayer.weights import load_state_dict, load_strict
 
@@ -90,6 +91,7 @@ def load_sam(path: Path) -> tuple[Any, SamArchitecture]:
                        encoder_num_heads=arch.num_heads,
                        encoder_global_attn_indexes=list(arch.global_attn_indexes))
     load_strict(model, state, str(path), f"the SAM {arch.variant} architecture")
+    install_fast_attention(model)  # fused attention: same outputs, faster and smaller on CPU and GPU
     return model, arch
 
 
@@ -125,6 +127,10 @@ def promptless_logits(model: Any, embedding: torch.Tensor, input_size: tuple[int
     return logits[0, 0]
 
 
+def _outputs_to_float32(_module: Any, _inputs: Any, outputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return tuple(o.float() for o in outputs)
+
+
 class SamBackend(TorchBackend):
     """Segment Anything, loaded once; ``mode`` is ``promptless`` (default) or ``auto``."""
 
@@ -146,6 +152,9 @@ class SamBackend(TorchBackend):
 
         model, self.arch = load_sam(self.weights.path)
         self.model = model.to(self.device).eval()
+        if self.autocast_dtype is not None:
+            # The automatic mask generator turns the decoder's outputs into numpy: no bfloat16 there.
+            self.model.mask_decoder.register_forward_hook(_outputs_to_float32)
         self.resize = ResizeLongestSide(IMAGE_SIZE)
         self.mode = mode
         self.threshold = threshold

@@ -57,7 +57,7 @@ def write_corpus(folder: Path) -> dict[str, str]:
     floats[5:15, 5:15] = np.nan
     floats[40, 40], floats[41, 41] = np.inf, -np.inf
     tifffile.imwrite(folder / "nan_inf.tif", floats)
-    tifffile.imwrite(folder / "all_nan.tif", np.full((16, 16), np.nan, np.float32))
+    tifffile.imwrite(folder / "all_nan.tif", np.full((64, 64), np.nan, np.float32))
     tifffile.imwrite(folder / "one_pixel.tif", np.array([[200]], np.uint8))
     Image.fromarray(np.dstack([good, good, good, np.full_like(good, 128)]), "RGBA").save(folder / "rgba.png")
     sixteen = good.astype(np.uint16) * 40
@@ -65,7 +65,7 @@ def write_corpus(folder: Path) -> dict[str, str]:
     tifffile.imwrite(folder / "saturated16.tif", sixteen)
     return {"good.tif": "ok", "truncated.tif": "error", "fine.jpg": "ok", "corrupt.jpg": "error",
             "truncated.jpg": "error", "zero.tif": "error", "text.tif": "error", "bomb.tif": "error",
-            "bomb.png": "error", "nan_inf.tif": "ok", "all_nan.tif": "ok", "one_pixel.tif": "ok",
+            "bomb.png": "error", "nan_inf.tif": "ok", "all_nan.tif": "ok", "one_pixel.tif": "error",
             "rgba.png": "ok", "saturated16.tif": "ok"}
 
 
@@ -79,7 +79,7 @@ def test_hostile_images_each_give_one_clear_error_and_the_rest_is_processed(cli,
         record = by_name[name]
         if outcome == "error":
             assert "error" in record, name
-            assert record["exit_code"] in (65, 66), name
+            assert record["exit_code"] in (65, 66), name  # one_pixel.tif: too small to measure
             assert "\n" not in record["error"] and "Traceback" not in record["error"]
             assert " at 0x" not in record["error"], "a message with a memory address is not stable"
             assert not (tmp_path / "out" / f"{Path(name).stem}.mask.tif").exists()

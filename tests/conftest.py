@@ -54,6 +54,29 @@ def tiny_sam(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def sensitive_sam(tiny_sam, tmp_path_factory) -> Path:
+    """The tiny random SAM with its mask hypernetworks' output layers scaled 60x: logits
+    spread over about -8..+4 instead of +-0.1, so a different input shows in the map."""
+    import torch
+
+    state = torch.load(tiny_sam, weights_only=True)
+    for key, value in state.items():
+        if key.startswith("mask_decoder.output_hypernetworks_mlps.") and ".layers.2." in key:
+            state[key] = value * 60
+    path = tmp_path_factory.mktemp("sam") / "sensitive_sam.pth"
+    torch.save(state, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def image8(tmp_path_factory) -> Path:
+    """set30 as an 8-bit camera would store it (the 16-bit values / 257): 19..255, not stretched."""
+    path = tmp_path_factory.mktemp("img") / "set30_8bit.tif"
+    tifffile.imwrite(path, np.round(tifffile.imread(EXAMPLES / "images" / "set30.tif") / 257).astype(np.uint8))
+    return path
+
+
 @pytest.fixture
 def examples() -> Path:
     return EXAMPLES

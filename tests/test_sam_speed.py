@@ -22,27 +22,6 @@ IMAGE16 = Path(__file__).resolve().parents[1] / "examples" / "usiigaci" / "image
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
-def sensitive_sam(tiny_sam, tmp_path_factory) -> Path:
-    """The tiny random SAM with its mask hypernetworks' output layers scaled 60x, so logits spread
-    around 0 and a small change in the embedding shows in the map (as in test_fidelity)."""
-    state = torch.load(tiny_sam, weights_only=True)
-    for key, value in state.items():
-        if key.startswith("mask_decoder.output_hypernetworks_mlps.") and ".layers.2." in key:
-            state[key] = value * 60
-    path = tmp_path_factory.mktemp("sam") / "sensitive_sam.pth"
-    torch.save(state, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def image8(tmp_path_factory) -> Path:
-    """set30 stored as 8 bits (the 16-bit values / 257)."""
-    path = tmp_path_factory.mktemp("img") / "set30_8bit.tif"
-    tifffile.imwrite(path, np.round(tifffile.imread(IMAGE16) / 257).astype(np.uint8))
-    return path
-
-
 def _prob(model, gray: np.ndarray, bf16: bool) -> np.ndarray:
     x, size = prepare(model, ResizeLongestSide(1024), gray, CPU)
     with torch.inference_mode():

@@ -21,7 +21,7 @@ from monolayer.errors import (
     PipeClosed,
 )
 from monolayer.records import RecordWriter
-from monolayer.signals import Terminated, critical
+from monolayer.signals import Terminated
 from monolayer.schema import item_exit_code
 
 PROG = "monolayer"
@@ -144,8 +144,7 @@ def write_records(records: Iterable[dict[str, Any]], tally: Tally,
     """Write each record to stdout as it comes; report error records on stderr; pass records on."""
     out = writer or RecordWriter()
     for record in records:
-        with critical():  # a signal waits until the line is out: never half a record
-            out.write(record)
+        out.write(record)  # holds a signal until the line is out (RecordWriter.write)
         if "error" in record:
             tally.failed.append(item_exit_code(record.get("exit_code", EXIT_ITEMS_FAILED)))
             say_error(record["error"])

@@ -19,9 +19,9 @@ import numpy as np
 
 from monolayer.coco import load_coco, rasterize, safe_stem
 from monolayer.errors import EXIT_DATA, EXIT_NO_INPUT, DataError, MonolayerError, NoInputError
-from monolayer.io.masks import index_mask_folder, read_mask
+from monolayer.io.masks import index_mask_folder, mask_2d, read_mask
 from monolayer.metrics import compare
-from monolayer.io.provenance import verify_file
+from monolayer.io.provenance import load_verified
 from monolayer.records import iter_jsonl, new_record
 from monolayer.schema import check, error_code
 from monolayer.stats import summarize
@@ -99,8 +99,8 @@ class TruthIndex:
 
 
 def _verified_mask(path: Path, sha256: str | None, where: str) -> np.ndarray:
-    verify_file(path, sha256, where, "mask_sha256")
-    return read_mask(path)
+    """The foreground of the mask at ``path``, checked against its record's SHA-256 (one read)."""
+    return mask_2d(load_verified(path, sha256, where, "mask_sha256").array, path) != 0
 
 
 def _add_jsonl(index: TruthIndex, path: Path) -> None:
@@ -240,8 +240,7 @@ def evaluate(predictions: Iterable[Prediction], truth: TruthIndex,
             continue
         entry.used = True
         try:
-            verify_file(pred.mask, pred.mask_sha256, pred.where, "mask_sha256")
-            predicted = read_mask(pred.mask)
+            predicted = _verified_mask(pred.mask, pred.mask_sha256, pred.where)
             true = entry.load()
             if predicted.shape != true.shape:
                 raise DataError(f"{label}: predicted mask is {predicted.shape[1]}x{predicted.shape[0]}"

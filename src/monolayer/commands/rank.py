@@ -20,7 +20,7 @@ import numpy as np
 
 from monolayer.commands.evaluate import resolve
 from monolayer.errors import EXIT_DATA, DataError, MonolayerError, UsageError
-from monolayer.io.provenance import verify_file
+from monolayer.io.provenance import load_verified
 from monolayer.records import new_record
 from monolayer.schema import check, error_code
 
@@ -117,12 +117,10 @@ def rank(records: Iterable[tuple[str, int, dict[str, Any]]]) -> list[dict[str, A
                 if not record.get("prob"):
                     raise MonolayerError(f"{source}:{number}: {image} has no saved probability map",
                                          "run segment with --save-prob")
-                from monolayer.io.images import read_image
-
                 base = None if source == "<stdin>" else Path(source).parent
                 prob_path = resolve(record["prob"], base)
-                verify_file(prob_path, record.get("prob_sha256"), where, "prob_sha256")
-                value = mean_binary_entropy(read_image(prob_path), str(prob_path))
+                prob = load_verified(prob_path, record.get("prob_sha256"), where, "prob_sha256").array
+                value = mean_binary_entropy(prob, str(prob_path))
         except MonolayerError as exc:
             errors.append(new_record(KIND, image=image, error=str(exc), exit_code=EXIT_DATA))
             continue

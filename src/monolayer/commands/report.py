@@ -99,24 +99,24 @@ def thumbnail(record: dict[str, Any], where: str) -> str:
     from PIL import Image
 
     from monolayer.io.images import load_image, normalize, to_grayscale
-    from monolayer.io.masks import read_mask
-    from monolayer.io.provenance import verify_file
+    from monolayer.io.masks import mask_2d
+    from monolayer.io.provenance import load_verified
     from monolayer.overlay import overlay_image
 
     if record.get("overlay"):
         path = _resolve(record["overlay"], where)
-        verify_file(path, record.get("overlay_sha256"), where, "overlay_sha256")
-        picture = load_image(path).array  # through the size limit, like every image
+        # One read: checked against its record and through the size limit, like every image.
+        picture = load_verified(path, record.get("overlay_sha256"), where, "overlay_sha256", as_stored=False).array
         if picture.ndim != 3 or picture.shape[-1] != 3 or picture.dtype != np.uint8:
             raise DataError(f"{where}: {path} is not an overlay monolayer wrote (8-bit RGB)")
     else:
         mask_path = _resolve(record["mask"], where)
-        verify_file(mask_path, record.get("mask_sha256"), where, "mask_sha256")
+        mask = mask_2d(load_verified(mask_path, record.get("mask_sha256"), where, "mask_sha256").array,
+                       mask_path) != 0
         image = load_image(_resolve(str(record.get("image")), where), int(record.get("page") or 0))
         if record.get("image_sha256") and image.sha256 != record["image_sha256"]:
             raise DataError(f"{where}: {record.get('image')} is not the image this record was made from")
         gray = to_grayscale(image.array)
-        mask = read_mask(mask_path)
         if mask.shape != gray.shape:
             raise DataError(f"{where}: mask and image differ in size")
         picture = overlay_image(normalize(gray), mask, float(record.get("confluence") or mask.mean()))

@@ -59,7 +59,11 @@ def read_mask_array(path: str | Path) -> np.ndarray:
     stack its page)."""
     from monolayer.io.images import read_image
 
-    array = read_image(path, as_stored=True)
+    return mask_2d(read_image(path, as_stored=True), path)
+
+
+def mask_2d(array: np.ndarray, path: str | Path) -> np.ndarray:
+    """A mask array as read (:func:`read_mask_array`'s rules) made 2-D."""
     if array.ndim == 3:
         if array.shape[-1] in (3, 4):
             array = array[..., :3].any(axis=-1)

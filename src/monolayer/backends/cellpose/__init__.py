@@ -6,7 +6,6 @@ Importing this module imports no framework; anything else is loaded from
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -50,16 +49,25 @@ SPEC = BackendSpec(
 
 def read_thresholds(path: Path) -> dict[str, float]:
     """``flow_threshold`` and ``cellprob_threshold`` from a threshold-search JSON file."""
-    path = Path(path)
+    return _thresholds(*_read_thresholds_file(Path(path))[:2])
+
+
+def _read_thresholds_file(path: Path) -> tuple[Any, Path, bytes]:
+    """The parsed document, its path and its bytes (read once: parsed and hashed from them)."""
     if not path.is_file():
         raise NoInputError(f"no such thresholds file: {path}",
                            "write one with 'monolayer cellpose-thresholds'")
     try:
         from monolayer.records import strict_loads
 
-        data = strict_loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+        data = strict_loads(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise DataError(f"{path}: cannot read thresholds ({exc})") from None
+    return data, path, raw
+
+
+def _thresholds(data: Any, path: Path) -> dict[str, float]:
     out = {}
     for key in ("flow_threshold", "cellprob_threshold"):
         value = data.get(key) if isinstance(data, dict) else None
@@ -79,16 +87,16 @@ def segment_values(given: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any
     from_file: dict[str, Any] = {}
     thresholds = given.pop("thresholds", None)
     if thresholds is not None:
-        from monolayer.io.images import sha256_file
+        import hashlib
 
-        from_file = read_thresholds(Path(thresholds))
+        doc, path, raw = _read_thresholds_file(Path(thresholds))
+        from_file = _thresholds(doc, path)
         # Which file, and the weights it was tuned for: the CLI refuses it for other weights.
-        doc = json.loads(Path(thresholds).read_text(encoding="utf-8"))  # read_thresholds parsed it strictly
-        tuned_for = doc.get("weights_sha256")
+        tuned_for = doc.get("weights_sha256") if isinstance(doc, dict) else None
         if tuned_for is not None and not (isinstance(tuned_for, str) and re.fullmatch(r"[0-9a-f]{64}", tuned_for)):
             raise DataError(f"{thresholds}: 'weights_sha256' is {tuned_for!r:.40}, not a SHA-256",
                             "use the file written by 'monolayer cellpose-thresholds'")
-        from_file["_source"] = {"path": str(thresholds), "sha256": sha256_file(Path(thresholds)),
+        from_file["_source"] = {"path": str(thresholds), "sha256": hashlib.sha256(raw).hexdigest(),
                                 "weights_sha256": tuned_for}
     truth = given.pop("truth", None)
     if "diameter" in given:

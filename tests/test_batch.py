@@ -322,3 +322,26 @@ def test_ordered_map_takes_a_bounded_number_of_tasks_ahead_and_isolates_failures
     rest = list(results)
     assert [tag for tag, _ in rest] == list(range(1, 1000))
     assert isinstance(rest[1][1], RuntimeError) and rest[9][1] == 10
+
+
+def test_local_workers_do_not_run_the_main_script_again(tmp_path):
+    """A spawned worker imports the parent's main script unless told not to; for the
+    ``monolayer`` console script that is the whole CLI (about a second per worker)."""
+    marker = tmp_path / "rerun"
+    script = tmp_path / "main_script.py"
+    script.write_text(
+        "import sys\n"
+        "from pathlib import Path\n"
+        "if __name__ != '__main__':\n"
+        f"    Path({str(marker)!r}).write_text(__name__)\n"
+        "else:\n"
+        "    from monolayer.backends import create_backend\n"
+        "    from monolayer.executors import Executor, Recipe\n"
+        "    pool = Executor('local', jobs=2, recipe=Recipe('classical'), backend=create_backend('classical'))\n"
+        "    pid = pool._pool.submit(__import__('os').getpid).result(timeout=120)\n"
+        "    pool.close()\n"
+        "    print(pid != __import__('os').getpid())\n")
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "True"
+    assert not marker.exists(), "a worker ran the main script again"

@@ -10,6 +10,7 @@ are in flight, so memory stays bounded however long the input list is.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import sys
@@ -65,6 +66,137 @@ def run_chunk(recipe: Recipe, chunk: list[Job], options: SegmentOptions,
                                f"{model.get('weights_sha256')} of this run",
                                "workers must see the same weights file")
     return process_chunk(chunk, backend, options, model, model_lock=lock, cancel=_orphaned)
+
+
+def _warm_up(recipe: Recipe) -> int:
+    """A new worker's first task: build its backend now, not with its first chunk."""
+    worker_backend(recipe)
+    return os.getpid()
+
+
+@contextlib.contextmanager
+def _main_module_not_rerun() -> Iterator[None]:
+    """Start spawned workers without running this program's main script again.
+
+    A spawned child imports the parent's ``__main__`` file (as ``__mp_main__``) before its
+    first task; for the ``monolayer`` console script that is the whole CLI, about a second
+    per worker. Workers run :func:`run_chunk` alone, importable by name, so they need no
+    main module (``python -m monolayer`` skips it already: a package's ``__main__`` is never
+    re-run). The pool starts its processes inside ``submit``, so this wraps those calls."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or getattr(main, "__spec__", None) is not None:
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
+class _SharedQueue:
+    """Chunks shared between this process (one thread) and the worker processes.
+
+    Each chunk waits here until this process's thread or a ready worker takes it, so a
+    slow-starting or busy worker never holds work this process could do, and no worker
+    is given more than one chunk at a time."""
+
+    def __init__(self, pool: Any, run_here: Callable[..., list[dict[str, Any]]], cancelled: threading.Event) -> None:
+        import concurrent.futures
+
+        self._pool, self._run_here, self._cancelled = pool, run_here, cancelled
+        self._queue: collections.deque[tuple[Any, tuple[Any, ...]]] = collections.deque()
+        self._ready_workers = 0
+        self._pool_broken = False
+        self._closing = False
+        self._ready = threading.Condition()
+        self._future = concurrent.futures.Future
+        self._thread = threading.Thread(target=self._work_here, name="monolayer-local", daemon=True)
+        self._thread.start()
+
+    def add_worker(self, warm_up: Any) -> None:
+        warm_up.add_done_callback(self._worker_free)
+
+    def submit(self, recipe: Recipe | None, chunk: list[Job], options: SegmentOptions,
+               model: dict[str, Any]) -> Any:
+        future = self._future()
+        with self._ready:
+            self._queue.append((future, (recipe, chunk, options, model)))
+            self._ready.notify_all()
+        self._feed_workers()
+        return future
+
+    def _worker_free(self, done: Any) -> None:
+        with self._ready:
+            if done.cancelled() or done.exception() is not None:
+                # A worker that cannot start (or died) takes no more chunks: this process
+                # does them. The chunk it held, if any, already has its error.
+                self._pool_broken = True
+            else:
+                self._ready_workers += 1
+        self._feed_workers()
+
+    def _feed_workers(self) -> None:
+        # The pool is called with this queue's lock released: the pool's own thread calls
+        # back into this queue (_settled) and may hold its locks meanwhile.
+        while True:
+            with self._ready:
+                if not (self._queue and self._ready_workers > 0 and not self._pool_broken
+                        and not self._cancelled.is_set()):
+                    return
+                future, args = self._queue.popleft()
+                if not future.set_running_or_notify_cancel():
+                    continue
+                self._ready_workers -= 1
+            try:
+                remote = self._pool.submit(run_chunk, *args)
+            except Exception as exc:  # the pool broke (a worker was killed) or was shut down
+                with self._ready:
+                    self._pool_broken = True
+                future.set_exception(exc)
+                continue
+            remote.add_done_callback(lambda remote, future=future: self._settled(remote, future))
+
+    def _settled(self, remote: Any, future: Any) -> None:
+        if remote.cancelled():
+            future.cancel() or future.set_exception(RuntimeError("the worker's task was cancelled"))
+        elif remote.exception() is not None:
+            future.set_exception(remote.exception())
+        else:
+            future.set_result(remote.result())
+        self._worker_free(remote)
+
+    def _work_here(self) -> None:
+        while True:
+            with self._ready:
+                while not self._queue and not self._closing:
+                    self._ready.wait()
+                if not self._queue:
+                    return
+                future, (_, chunk, options, model) = self._queue.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(self._run_here(chunk, options, model))
+            except BaseException as exc:  # noqa: BLE001 -- handed to whoever waits for it
+                future.set_exception(exc)
+
+    def close(self, cancel: bool) -> None:
+        """Finish every queued chunk (or with ``cancel``, drop them) and end the thread; a
+        cancelled thread busy in one long computation is not waited for beyond the grace period."""
+        with self._ready:
+            self._closing = True
+            if cancel:
+                while self._queue:
+                    self._queue.popleft()[0].cancel()
+            self._ready.notify_all()
+        if not cancel:
+            self._thread.join()
+            return
+        self._thread.join(CANCEL_GRACE_S)
+        if self._thread.is_alive():
+            _ABANDONED.append(self._thread)
 
 
 class _Orphaned:
@@ -134,6 +266,7 @@ class Executor:
         self._pool: Any = None
         self._client: Any = None
         self._threads: Any = None
+        self._shared: _SharedQueue | None = None
         self._model_lock = threading.Lock()
         # Set when the run is cancelled: the in-process I/O thread then writes no more.
         self._cancelled = threading.Event()
@@ -149,11 +282,19 @@ class Executor:
             threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
             for name in THREAD_VARIABLES:
                 os.environ.setdefault(name, threads)
-            # spawn, not fork: a forked copy of a process that has started torch's or
-            # BLAS's threads can deadlock.
+            # This process is one of the N (it has its backend already), so N - 1 worker
+            # processes. spawn, not fork: a forked copy of a process that has started torch's
+            # or BLAS's threads can deadlock. They are started now, each building its backend
+            # at once, so their start-up overlaps this process's own work instead of delaying
+            # the first chunks; a chunk goes to a worker only once it is ready.
+            assert backend is not None, "a local pool works in this process too: give it the backend"
             self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.jobs, mp_context=multiprocessing.get_context("spawn"),
+                max_workers=self.jobs - 1, mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_local_worker, initargs=(os.getpid(),))
+            self._shared = _SharedQueue(self._pool, self._run_here, self._cancelled)
+            with critical(), _main_module_not_rerun():
+                for _ in range(self.jobs - 1):
+                    self._shared.add_worker(self._pool.submit(_warm_up, recipe))
             self.window = 2 * self.jobs
         else:
             import concurrent.futures
@@ -164,14 +305,18 @@ class Executor:
                                                                   thread_name_prefix="monolayer-io")
             self.window = 2
 
+    def _run_here(self, chunk: list[Job], options: SegmentOptions, model: dict[str, Any]) -> list[dict[str, Any]]:
+        assert self.backend is not None
+        return process_chunk(chunk, self.backend, options, model, self._model_lock, cancel=self._cancelled)
+
     def submit(self, chunk: list[Job], options: SegmentOptions, model: dict[str, Any]) -> Any:
         if self._client is not None:
             return self._client.submit(run_chunk, self.recipe, chunk, options, model, pure=False)
-        if self._pool is not None:
+        if self._shared is not None:
             # Uninterrupted: a signal inside submit could leave a started worker the pool
             # does not know of yet, which close() would then not end.
             with critical():
-                return self._pool.submit(run_chunk, self.recipe, chunk, options, model)
+                return self._shared.submit(self.recipe, chunk, options, model)
         assert self.backend is not None and self._threads is not None
         return self._threads.submit(process_chunk, chunk, self.backend, options, model, self._model_lock,
                                     cancel=self._cancelled)
@@ -210,8 +355,11 @@ class Executor:
                             _ABANDONED.append(thread)
                 self._threads = None
             if self._pool is not None:
+                assert self._shared is not None
                 if cancel:
+                    self._cancelled.set()
                     _end_processes(list(getattr(self._pool, "_processes", {}).values()))
+                self._shared.close(cancel)
                 self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
                 self._pool = None
         if self._client is not None:  # a remote cluster: not waited for with signals held

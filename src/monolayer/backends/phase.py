@@ -130,7 +130,8 @@ def _fill_holes(mask: np.ndarray, max_size: int | None) -> np.ndarray:
     hole and its size; no flood fill from the border is needed.
     """
     m = np.asarray(mask, dtype=bool)
-    labels, n = ndi.label(~m)
+    labels = np.empty(m.shape, dtype=np.intp)  # what bincount and take index with: no copies
+    n = ndi.label(~m, output=labels)
     if n == 0:
         return m.copy()
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
@@ -138,7 +139,7 @@ def _fill_holes(mask: np.ndarray, max_size: int | None) -> np.ndarray:
     fill[0] = False
     for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
         fill[edge] = False
-    return m | fill[labels]
+    return m | np.take(fill, labels)
 
 
 def noise_sigma(image: np.ndarray, block: int = 16, percentile: float = 2.0) -> float:
@@ -150,8 +151,14 @@ def noise_sigma(image: np.ndarray, block: int = 16, percentile: float = 2.0) -> 
     so textured cells (even a confluent layer) hardly inflate the estimate. RMS
     rather than a median, because medians of 8-bit data jump in quantisation steps.
     """
-    a = np.asarray(image, dtype=np.float64)
-    hh = (a[:-1:2, :-1:2] - a[1::2, :-1:2] - a[:-1:2, 1::2] + a[1::2, 1::2]) / 2.0
+    a = np.asarray(image)
+    if a.dtype != np.float32:
+        a = a.astype(np.float64)
+    # In float64 from the float32 pixels (exact), without a float64 copy of the whole image.
+    hh = np.subtract(a[:-1:2, :-1:2], a[1::2, :-1:2], dtype=np.float64)
+    hh -= a[:-1:2, 1::2]
+    hh += a[1::2, 1::2]
+    hh /= 2.0
     b = max(block // 2, 1)
     h, w = (hh.shape[0] // b) * b, (hh.shape[1] // b) * b
     if h == 0 or w == 0:

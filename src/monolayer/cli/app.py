@@ -8,26 +8,27 @@ from typing import Annotated
 import typer
 
 from monolayer import __version__
-from monolayer.cli import (
-    al_round, cellpose_thresholds, coco2mask, entropy_rank, evaluate, models, report, segment, stats, train,
-)
-from monolayer.cli import growth
 from monolayer import signals
 from monolayer.cli.common import say_error, state
 from monolayer.cli.streams import guard_stdout, release_stdout
 from monolayer.errors import EXIT_INTERRUPTED, EXIT_IO, MonolayerError, PipeClosed
 from monolayer.signals import Terminated
 
-app = typer.Typer(
-    name="monolayer",
-    help="Cell confluence from label-free microscopy images.\n\n"
-         "Composable commands that read files and write JSON Lines on stdout "
-         "(messages go to stderr), so they chain in pipelines:\n\n"
-         "monolayer segment images/ --out masks/ | monolayer stats - --field confluence",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+COMMANDS: tuple[tuple[str, str, str, bool], ...] = (
+    # (name, module in monolayer.cli, its attribute, whether that is a group of subcommands),
+    # in the order --help lists them.
+    ("coco2mask", "coco2mask", "coco2mask", False),
+    ("segment", "segment", "segment", False),
+    ("entropy-rank", "entropy_rank", "entropy_rank", False),
+    ("train", "train", "train", False),
+    ("al-round", "al_round", "app", True),
+    ("evaluate", "evaluate", "evaluate", False),
+    ("stats", "stats", "app", True),
+    ("models", "models", "app", True),
+    ("cellpose-thresholds", "cellpose_thresholds", "cellpose_thresholds", False),
+    ("calibrate", "calibrate", "calibrate", False),
+    ("growth", "growth", "growth", False),
+    ("report", "report", "report", False),
 )
 
 
@@ -37,7 +38,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def root(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
@@ -47,17 +47,50 @@ def root(
     state.debug = debug
 
 
-app.command("coco2mask")(coco2mask.coco2mask)
-app.command("segment")(segment.segment)
-app.command("entropy-rank")(entropy_rank.entropy_rank)
-app.command("train")(train.train)
-app.add_typer(al_round.app, name="al-round")
-app.command("evaluate")(evaluate.evaluate)
-app.add_typer(stats.app, name="stats")
-app.add_typer(models.app, name="models")
-app.command("cellpose-thresholds")(cellpose_thresholds.cellpose_thresholds)
-app.command("growth")(growth.growth)
-app.command("report")(report.report)
+def build_app(only: str | None = None) -> typer.Typer:
+    """The typer application with every command, or with command ``only`` alone: a run
+    imports just the command it runs (``segment`` need not load what ``train`` or
+    ``evaluate`` import), while ``--help`` and an unknown name see them all."""
+    import importlib
+
+    built = typer.Typer(
+        name="monolayer",
+        help="Cell confluence from label-free microscopy images.\n\n"
+             "Composable commands that read files and write JSON Lines on stdout "
+             "(messages go to stderr), so they chain in pipelines:\n\n"
+             "monolayer segment images/ --out masks/ | monolayer stats - --field confluence",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    built.callback()(root)
+    for name, module, attribute, group in COMMANDS:
+        if only is not None and name != only:
+            continue
+        target = getattr(importlib.import_module(f"monolayer.cli.{module}"), attribute)
+        if group:
+            built.add_typer(target, name=name)
+        else:
+            built.command(name)(target)
+    return built
+
+
+def _command_in(args: list[str]) -> str | None:
+    """The command an argument list runs, if it names one: the first argument after the
+    root's own flags (none of which takes a value)."""
+    for arg in args:
+        if not arg.startswith("-"):
+            return arg if any(arg == name for name, *_ in COMMANDS) else None
+    return None
+
+
+def __getattr__(name: str) -> typer.Typer:
+    # ``app`` (every command) is built when first asked for: docs, tests, completions.
+    if name == "app":
+        globals()["app"] = built = build_app()
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def main() -> None:
@@ -97,7 +130,7 @@ def main() -> None:
 
 def _run() -> int:
     try:
-        code = app(prog_name="monolayer", standalone_mode=False)
+        code = build_app(_command_in(sys.argv[1:]))(prog_name="monolayer", standalone_mode=False)
     except typer.Abort:
         say_error("interrupted")
         return EXIT_INTERRUPTED

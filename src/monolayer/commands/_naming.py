@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 from pathlib import Path
 
@@ -35,8 +36,8 @@ class OutputNamer:
         ident = str(Path(name).resolve()) if identity is None else str(identity)
         digest = hashlib.sha1(ident.encode("utf-8", "surrogateescape")).hexdigest()
         base = safe_stem(str(name), digest[:8] if fallback_id is None else fallback_id)
-        candidates = [base, f"{base}-{digest[:8]}"]
-        candidates += (f"{base}-{digest[:8]}-{n}" for n in range(2, 10_000))
+        candidates = itertools.chain([base, f"{base}-{digest[:8]}"],
+                                     (f"{base}-{digest[:8]}-{n}" for n in range(2, 10_000)))
         for candidate in candidates:
             owner = self._taken.get(candidate.casefold())
             if owner is None or owner == ident:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import stat
 import struct
@@ -480,13 +481,47 @@ def normalize(gray: np.ndarray) -> np.ndarray:
     image (no contrast at all) maps to all zeros rather than amplified noise.
     """
     a = _finite_or_median(gray)
-    lo, hi = np.percentile(a, [NORM_LOW_PERCENTILE, NORM_HIGH_PERCENTILE])
+    lo, hi = _percentiles(a, NORM_LOW_PERCENTILE, NORM_HIGH_PERCENTILE)
     if not hi > lo:
         lo, hi = float(a.min()), float(a.max())
         if not hi > lo:
             return np.zeros(a.shape, dtype=np.float32)
     out = (a - np.float32(lo)) / np.float32(hi - lo)
     return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _percentiles(a: np.ndarray, *qs: float) -> list[float]:
+    """``np.percentile(a, qs)`` (linear method) of a float array, bit for bit; from a
+    histogram when every value is an integer in 0..65535 (8- and 16-bit images), which
+    is several times faster than numpy's partition of the whole image.
+
+    The two order statistics around each virtual index come from the cumulative counts;
+    the interpolation repeats numpy's ``_lerp`` in float64 (exact integers, so the
+    float32 differences numpy takes are exact too).
+
+    >>> x = np.array([[3, 0, 255], [7, 7, 1]], dtype=np.float32)
+    >>> _percentiles(x, 0.5, 50, 99.5) == [float(v) for v in np.percentile(x, [0.5, 50, 99.5])]
+    True
+    """
+    if a.size < 4096:
+        return [float(v) for v in np.percentile(a, list(qs))]
+    if not (a.min() >= 0 and a.max() <= 65535):  # also keeps the cast below free of overflow
+        return [float(v) for v in np.percentile(a, list(qs))]
+    integers = a.astype(np.uint16)
+    if not np.array_equal(integers, a):
+        return [float(v) for v in np.percentile(a, list(qs))]
+    cumulative = np.cumsum(np.bincount(integers.ravel()))
+    n = a.size
+    out = []
+    for q in qs:
+        virtual = (n - 1) * (q / 100)
+        below = min(max(math.floor(virtual), 0), n - 1)
+        above = min(below + 1, n - 1)
+        t = virtual - below
+        lo, hi = (float(np.searchsorted(cumulative, k, side="right")) for k in (below, above))
+        diff = hi - lo
+        out.append(hi - diff * (1 - t) if t >= 0.5 else lo + diff * t)
+    return out
 
 
 PREPROCESS_MODES = ("percentile", "none", "sam8")

@@ -11,7 +11,7 @@ _monolayer() {
         esac
     done
     if [[ -z "$cmd" ]]; then
-        COMPREPLY=($(compgen -W "coco2mask segment entropy-rank train evaluate cellpose-thresholds growth report al-round stats models --version --debug -h --help" -- "$cur"))
+        COMPREPLY=($(compgen -W "coco2mask segment entropy-rank train evaluate cellpose-thresholds calibrate growth report al-round stats models --version --debug -h --help" -- "$cur"))
         return
     fi
     case "$cmd" in
@@ -29,6 +29,7 @@ _monolayer() {
                 --page) COMPREPLY=(); return ;;
                 --resize) COMPREPLY=(); return ;;
                 --normalize) COMPREPLY=($(compgen -W "auto none percentile" -- "$cur")); return ;;
+                --params) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --name-pattern) COMPREPLY=(); return ;;
                 -j|--jobs) COMPREPLY=(); return ;;
                 --shard) COMPREPLY=(); return ;;
@@ -51,7 +52,7 @@ _monolayer() {
                 --thresholds) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 --score-threshold) COMPREPLY=(); return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-o --out -m --model --save-prob --overlay --page --resize --normalize --ignore-sidecar --name-pattern -r --recursive --skip-existing --wait --fail-fast -j --jobs --shard --executor --scheduler --overwrite --method -w --weights --device --precision --batch-size --seed --mode --threshold --tile --points-per-side --diameter --truth --flow-threshold --cellprob-threshold --thresholds --score-threshold -q --quiet -h --help" -- "$cur"))
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-o --out -m --model --save-prob --overlay --page --resize --normalize --params --ignore-sidecar --name-pattern -r --recursive --skip-existing --wait --fail-fast -j --jobs --shard --executor --scheduler --overwrite --method -w --weights --device --precision --batch-size --seed --mode --threshold --tile --points-per-side --diameter --truth --flow-threshold --cellprob-threshold --thresholds --score-threshold -q --quiet -h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         entropy-rank)
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-q --quiet -h --help" -- "$cur"))
@@ -96,6 +97,25 @@ _monolayer() {
             esac
             if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-t --truth -w --weights -o --out --diameter --device --page -h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
+        calibrate)
+            case "$prev" in
+                -t|--truth) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                -o|--out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+                -m|--model) COMPREPLY=($(compgen -W "classical sam unet maskrcnn" -- "$cur")); return ;;
+                --page) COMPREPLY=(); return ;;
+                --method) COMPREPLY=($(compgen -W "phase canny" -- "$cur")); return ;;
+                -w|--weights) COMPREPLY=(); return ;;
+                --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
+                --precision) COMPREPLY=($(compgen -W "auto fp32 bf16" -- "$cur")); return ;;
+                --batch-size) COMPREPLY=(); return ;;
+                --seed) COMPREPLY=(); return ;;
+                --mode) COMPREPLY=($(compgen -W "promptless auto" -- "$cur")); return ;;
+                --tile) COMPREPLY=(); return ;;
+                --points-per-side) COMPREPLY=(); return ;;
+                --score-threshold) COMPREPLY=(); return ;;
+            esac
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-t --truth -o --out -m --model --page --method -w --weights --device --precision --batch-size --seed --mode --tile --points-per-side --score-threshold -q --quiet -h --help" -- "$cur"))
+            else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         growth)
             case "$prev" in
                 -b|--by) COMPREPLY=(); return ;;
@@ -113,8 +133,10 @@ _monolayer() {
                 --title) COMPREPLY=(); return ;;
                 --harvest-at) COMPREPLY=(); return ;;
                 --alert-within) COMPREPLY=(); return ;;
+                --exclude-flag) COMPREPLY=(); return ;;
+                --only-flag) COMPREPLY=(); return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-o --out --title --harvest-at --alert-within -q --quiet -h --help" -- "$cur"))
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-o --out --title --harvest-at --alert-within --exclude-flag --only-flag -q --quiet -h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         al-round)
             case "$prev" in
@@ -137,6 +159,8 @@ _monolayer() {
                 -b|--by) COMPREPLY=(); return ;;
                 -f|--field) COMPREPLY=(); return ;;
                 --format) COMPREPLY=($(compgen -W "jsonl csv table" -- "$cur")); return ;;
+                --exclude-flag) COMPREPLY=(); return ;;
+                --only-flag) COMPREPLY=(); return ;;
                 --metric) COMPREPLY=(); return ;;
                 --group) COMPREPLY=(); return ;;
                 --correction) COMPREPLY=($(compgen -W "holm bh" -- "$cur")); return ;;
@@ -149,7 +173,7 @@ _monolayer() {
                 --alpha) COMPREPLY=(); return ;;
                 --plot) COMPREPLY=($(compgen -f -- "$cur")); return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-h --help -b --by -f --field --format --metric --group --correction --alpha --plot --metric --labels --plot --correction --alpha --plot" -- "$cur"))
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-h --help -b --by -f --field --format --exclude-flag --only-flag --metric --group --correction --alpha --plot --metric --labels --plot --correction --alpha --plot" -- "$cur"))
             else COMPREPLY=($(compgen -W "summary rounds compare movie" -- "$cur") $(compgen -f -- "$cur")); fi ;;
         models)
             case "$prev" in

@@ -278,9 +278,40 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
         Field("mean_confidence", NUMBER_OR_NULL, "maskrcnn: mean score of the kept instances (the paper's "
               "uncertainty for that model)"),
         Field("generated_masks", COUNT, "sam auto: masks generated"),
+        Field("qc", OBJECT, "image quality numbers measured on the input (see `flags` and "
+              "monolayer.qc): clipped_low, clipped_high, noise, contrast, skew, texture, sharpness, "
+              "scale, illumination"),
+        Field("flags", _Strings("strings", "a list of strings"), "image quality and domain warnings: "
+              "out_of_focus, saturated, uneven_illumination, no_texture, unlike_calibration; the number "
+              "is still given, but check a flagged image by eye"),
     ), notes="`params` holds the model's parameters and, for learned models, `device`, `precision`, "
              "`seed` and `batch_size`. `seconds` is the only field that differs between two runs of the "
              "same images, weights and seed on the same device."),
+    Kind("calibrate", "one per calibration, from calibrate", _COMMON + (
+        Field("model", STR, "the backend calibrated"),
+        Field("method", STR_OR_NULL, "method within the backend"),
+        Field("params", OBJECT, "the parameters written (what segment --params applies): the fitted "
+              "ones, or the defaults when fitting did not beat them (see `calibrated`)"),
+        Field("output", PATH, "the parameters file written"),
+        Field("output_sha256", SHA, "SHA-256 of that file"),
+        Field("weights_sha256", SHA_OR_NULL, "SHA-256 of the weights calibrated (null: classical)"),
+        Field("images", COUNT, "labelled images used"),
+        Field("folds", COUNT, "cross-validation folds (leave-one-out up to 6 images, else 5)"),
+        Field("calibrated", BOOL, "true: the fitted parameters beat the defaults' error on these images "
+              "in cross-validation and were kept; false: the defaults were kept"),
+        Field("cv_abs_confluence_error", FRACTION, "mean |confluence error| on held-out images, the whole "
+              "calibration (fit, and the choice of fitted or default) run without them: the honest "
+              "estimate"),
+        Field("cv_iou", FRACTION, "mean IoU on held-out images"),
+        Field("fit_cv_abs_confluence_error", FRACTION, "mean |confluence error| on held-out images of "
+              "parameters fitted without them (what the choice compares with the default's error)"),
+        Field("default_abs_confluence_error", FRACTION, "mean |confluence error| of the default "
+              "parameters on the same images"),
+        Field("default_iou", FRACTION, "mean IoU of the default parameters on the same images"),
+        Field("train_abs_confluence_error", FRACTION, "mean |confluence error| of the final "
+              "parameters on the images they were fitted on (optimistic)"),
+        Field("seconds", NUMBER, "time spent"),
+    )),
     Kind("truth", "one per COCO image, from coco2mask", _COMMON + (
         Field("image", PATH, "image path under --images, or the COCO file_name"),
         Field("image_sha256", SHA, "SHA-256 of the image file (with --images)"),

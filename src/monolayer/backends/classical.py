@@ -19,7 +19,7 @@ from scipy import ndimage as ndi
 
 from monolayer.backends._base import Backend, Prediction
 from monolayer.backends._spec import BackendSpec, Option
-from monolayer.errors import UsageError
+from monolayer.errors import DataError, UsageError
 from monolayer.morphology import remove_small_objects
 
 METHODS = ("phase", "canny")
@@ -77,12 +77,68 @@ def canny_mask(image: np.ndarray, params: CannyParams = CannyParams()) -> np.nda
     return mask
 
 
+# The phase parameters a file may set: (kind, lowest, highest, None allowed).
+_PHASE_FIELDS: dict[str, tuple[type, float, float, bool]] = {
+    "window_sigma": (float, 0.3, 20.0, False),
+    "t_abs": (float, 0.0, 1.0, False),
+    "k_noise": (float, 0.0, 100.0, False),
+    "close_radius": (int, 0, 50, False),
+    "max_hole": (int, 0, 10**9, True),
+    "erode_radius": (int, 0, 50, False),
+    "halo_delta": (float, 0.0, 1.0, True),
+    "min_size": (int, 0, 10**9, False),
+}
+
+
+def phase_params(values: dict[str, Any], where: str = "phase parameters") -> Any:
+    """:class:`~monolayer.backends.phase.PhaseParams` from a mapping (e.g. a ``calibrate``
+    file's ``params``): the given fields replace the defaults; an unknown field, a wrong
+    type or a value out of range is a :class:`DataError` naming ``where``.
+
+    >>> phase_params({"t_abs": 0.05}).t_abs
+    0.05
+    >>> phase_params({"t_abs": 2}, "p.json")
+    Traceback (most recent call last):
+    ...
+    monolayer.errors.DataError: p.json: phase parameter 't_abs' is 2, outside [0.0, 1.0]
+    """
+    import math
+
+    from monolayer.backends.phase import PhaseParams
+
+    if not isinstance(values, dict):
+        raise DataError(f"{where}: phase parameters must be an object")
+    unknown = sorted(set(values) - set(_PHASE_FIELDS))
+    if unknown:
+        raise DataError(f"{where}: unknown phase parameter {unknown[0]!r}",
+                        f"known: {', '.join(_PHASE_FIELDS)}")
+    checked: dict[str, Any] = {}
+    for name, value in values.items():
+        kind, low, high, nullable = _PHASE_FIELDS[name]
+        if value is None and nullable:
+            checked[name] = None
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or (kind is int and not isinstance(value, int)):
+            expected = "a whole number" if kind is int else "a number"
+            raise DataError(f"{where}: phase parameter {name!r} is {value!r:.40}, expected {expected}"
+                            + (" or null" if nullable else ""))
+        if not low <= value <= high:
+            raise DataError(f"{where}: phase parameter {name!r} is {value!r}, outside [{low}, {high}]")
+        checked[name] = kind(value)
+    return PhaseParams(**checked)
+
+
 class ClassicalBackend(Backend):
-    """Weight-free segmentation; ``method`` is ``phase`` (default) or ``canny``."""
+    """Weight-free segmentation; ``method`` is ``phase`` (default) or ``canny``.
+
+    ``params`` (phase only) replaces fields of the default
+    :class:`~monolayer.backends.phase.PhaseParams`, e.g. from a ``calibrate`` file.
+    """
 
     name: ClassVar[str] = "classical"
 
-    def __init__(self, *, method: str = "phase") -> None:
+    def __init__(self, *, method: str = "phase", params: dict[str, Any] | None = None) -> None:
         if method not in METHODS:
             raise UsageError(f"unknown classical method {method!r}",
                              f"choose one of: {', '.join(METHODS)}")
@@ -90,18 +146,17 @@ class ClassicalBackend(Backend):
         # The Canny baseline yields edges, not a per-pixel score.
         self.score_kind = None if method == "canny" else "score"
         if method == "canny":
+            if params:
+                raise UsageError("calibrated parameters apply to the phase method, not canny",
+                                 "drop --method canny or the parameters file")
             self.params: Any = CannyParams()
         else:
-            from monolayer.backends.phase import PhaseParams
-
-            self.params = PhaseParams()
+            self.params = phase_params(params or {})
 
     def predict(self, image: np.ndarray) -> Prediction:
         if self.method == "canny":
             return Prediction(mask=canny_mask(image, self.params), score=None)
-        from monolayer.backends.phase import segment_phase
-
-        from monolayer.backends.phase import SCORE_THRESHOLD
+        from monolayer.backends.phase import SCORE_THRESHOLD, segment_phase
 
         mask, score = segment_phase(image, self.params)
         return Prediction(mask=mask, score=score, threshold=SCORE_THRESHOLD)

@@ -170,13 +170,16 @@ class ModelSetup:
     sources: dict[str, str]
     provenance: dict[str, Any]
     declared: tuple[str, ...] = ()
+    qc_reference: dict[str, Any] | None = None
+    """From a ``--params`` file: the calibration images' range of image-quality measures."""
 
 
 def setup_model(spec: BackendSpec, options: dict[str, Any], *, normalize: str = "auto",
                 resize: int | None = None, ignore_sidecar: bool = False,
-                command: str = "segment") -> ModelSetup:
+                command: str = "segment", params_file: Path | None = None) -> ModelSetup:
     """Resolve a backend's options: explicit flag > file given by a flag > the checkpoint's
-    sidecar > default; an option of another model is a usage error naming its owners."""
+    sidecar > default; an option of another model is a usage error naming its owners.
+    ``params_file``: a ``calibrate`` file (``segment --params``), a file layer of its own."""
     import importlib
 
     flags = given(options)
@@ -189,6 +192,13 @@ def setup_model(spec: BackendSpec, options: dict[str, Any], *, normalize: str = 
         from_file, flags = getattr(importlib.import_module(module), name)(flags)
         if from_file.get("_source"):
             provenance["thresholds"] = from_file.pop("_source")
+    calibrated: dict[str, Any] = {}
+    qc_reference = None
+    if params_file is not None:
+        from monolayer.calibrate import file_layer
+
+        layer, calibrated, provenance["params_file"], qc_reference = file_layer(params_file, spec, flags)
+        from_file.update(layer)
     sidecar = None
     if spec.needs_weights and flags.get("weights") and not ignore_sidecar:
         weights = Path(str(flags["weights"])).expanduser()
@@ -219,8 +229,9 @@ def setup_model(spec: BackendSpec, options: dict[str, Any], *, normalize: str = 
 
         kwargs["runtime"] = RuntimeOptions(**{k: values.pop(k) for k in RUNTIME_NAMES if k in values})
     kwargs.update(values)
+    kwargs.update(calibrated)
     return ModelSetup(kwargs, mode, resize, resolved.sources, provenance,
-                      tuple(o.name for o in spec.segment_options))
+                      tuple(o.name for o in spec.segment_options), qc_reference)
 
 
 def describe_setup(backend: Any, setup: ModelSetup) -> dict[str, Any]:
@@ -230,7 +241,8 @@ def describe_setup(backend: Any, setup: ModelSetup) -> dict[str, Any]:
     for what, info in setup.provenance.items():
         expected = info.get("weights_sha256")
         if expected is not None and expected != described.get("weights_sha256"):
-            raise DataError(f"{info['path']} was made for other weights ({expected[:12]}...) than "
+            # A calibrate file for other weights is a wrong pairing of arguments (exit 2).
+            raise (UsageError if what == "params_file" else DataError)(f"{info['path']} was made for other weights ({expected[:12]}...) than "
                             f"{described.get('weights')} ({str(described.get('weights_sha256'))[:12]}...)",
                             f"use the {what} file written for these weights, or none")
     params = described.get("params", {})
@@ -239,7 +251,7 @@ def describe_setup(backend: Any, setup: ModelSetup) -> dict[str, Any]:
         if name not in sources and name in setup.declared:
             sources[name] = "checkpoint"
     for what, info in setup.provenance.items():
-        if info.get("weights_sha256") is None:
+        if info.get("weights_sha256") is None and described.get("weights_sha256") is not None:
             from monolayer.cli.common import say_warning
 
             say_warning(f"{info['path']} does not say which weights it was made for; it cannot be checked")

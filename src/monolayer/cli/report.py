@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from monolayer.cli.common import INPUT, OUTPUT, cli_errors, say_warning
+from monolayer.cli.stats import ExcludeFlag, OnlyFlag, flag_filter, say_filtered
 
 
 @cli_errors
@@ -26,10 +27,16 @@ def report(
     alert_within: Annotated[float | None, typer.Option(
         "--alert-within", help="Highlight forecasts that reach the harvest level within this many hours.",
         rich_help_panel=OUTPUT, show_default=False)] = None,
+    exclude_flag: ExcludeFlag = None,
+    only_flag: OnlyFlag = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary on stderr.")] = False,
 ) -> None:
     """Write ONE self-contained HTML page: failures first, growth forecasts, then a thumbnail
     of every image with its mask's outline, confluence and flags.
+
+    Images with quality flags (segment's 'flags') get a warning mark next to their number
+    and are listed under "Flagged images"; --exclude-flag/--only-flag leave images out
+    (as in 'monolayer stats', and before --harvest-at forecasts from them).
 
     Pictures are inlined; the page has no script and references nothing outside itself,
     so it opens offline, as a mail attachment or from a shared drive. A thumbnail comes
@@ -44,7 +51,8 @@ def report(
     from monolayer.io.atomic import ensure_folder, write_text_atomic
     from monolayer.records import iter_many
 
-    found = gather(iter_many(files or ["-"], errors="yield"))
+    chosen = flag_filter(exclude_flag, only_flag)
+    found = gather(iter_many(files or ["-"], errors="yield"), chosen)
     if not (found.images or found.forecasts or found.failures):
         from monolayer.errors import NoInputError
 
@@ -57,6 +65,8 @@ def report(
     write_text_atomic(out, render(found, title=title, plot_png=plot_png, alert_within=alert_within))
     if found.other:
         say_warning(f"skipped {found.other} record(s) of other kinds")
+    if not quiet:
+        say_filtered(chosen, found.filtered_out, found.without_flags)
     if not quiet:
         print(f"monolayer: report: {out}: {len(found.images)} image(s), {len(found.forecasts)} forecast(s), "
               f"{len(found.failures)} failure(s)", file=sys.stderr)

@@ -45,6 +45,8 @@ def run_fingerprint(described: dict[str, Any], options: SegmentOptions) -> dict[
     """What determines segment's output files: model, method, parameters, weights (by
     checksum) and the reading options. Batch size, paths and --save-prob do not."""
     params = {k: v for k, v in (described.get("params") or {}).items() if k not in ("batch_size", "sources")}
+    if isinstance(params.get("params_file"), dict):  # its values and checksum matter, not where it lies
+        params["params_file"] = {k: v for k, v in params["params_file"].items() if k != "path"}
     return {"model": described.get("model"), "method": described.get("method"), "params": params,
             "weights_sha256": described.get("weights_sha256"), "page": options.page,
             "resize": options.resize}
@@ -82,6 +84,10 @@ def segment(
         "itself; unet, maskrcnn, classical and checkpoints monolayer trained a 0.5-99.5 percentile "
         "stretch, or what the sidecar says), none (raw intensities: integers divided by 2**bits, "
         "floats as stored) or percentile.", rich_help_panel=INPUT)] = Normalize.auto,
+    params_file: Annotated[Path | None, typer.Option(
+        "--params", help="Parameters file written by 'monolayer calibrate' for this model (and these "
+        "weights): its values apply below an explicit flag; the record's params name the file and "
+        "its SHA-256.", rich_help_panel=MODEL, show_default=False, metavar="FILE")] = None,
     ignore_sidecar: Annotated[bool, typer.Option(
         "--ignore-sidecar", help="Use a checkpoint without its sidecar (WEIGHTS.monolayer.json: "
         "the preprocessing, --resize and thresholds it was trained with).",
@@ -150,7 +156,7 @@ def segment(
         raise UsageError(f"--out {out} exists and is not a folder")
     spec = BACKENDS[model.value]
     setup = setup_model(spec, backend_options, normalize=normalize.value, resize=resize,
-                        ignore_sidecar=ignore_sidecar)
+                        ignore_sidecar=ignore_sidecar, params_file=params_file)
     options = setup.kwargs
     shard_spec = parse_shard(shard) if shard is not None else None
     check_executor(executor.value, jobs, scheduler)
@@ -163,7 +169,8 @@ def segment(
     ensure_folder(out)
     seg_options = SegmentOptions(out=out, save_prob=save_prob, page=page, resize=setup.resize,
                                  root=str(out.resolve()), normalize=setup.normalize,
-                                 name_pattern=name_pattern, overlay=overlay)
+                                 name_pattern=name_pattern, overlay=overlay,
+                                 qc_reference=setup.qc_reference)
     tally = Tally()
     # The lock first: a run that must wait or give way has loaded no model for nothing.
     with output_lock(out, wait=wait, on_wait=None if quiet else lambda holder: say_warning(

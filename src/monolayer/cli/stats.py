@@ -45,6 +45,37 @@ app = typer.Typer(cls=_SummaryByDefault, help="Statistics of JSON Lines: summari
                   context_settings={"help_option_names": ["-h", "--help"]})
 
 
+ExcludeFlag = Annotated[list[str] | None, typer.Option(
+    "--exclude-flag", help="Leave out records whose image-quality flags include NAME (out_of_focus, "
+    "saturated, uneven_illumination, no_texture, unlike_calibration), or any flag with 'any'. "
+    "Repeatable. Records without flags (older or other records) are kept and counted on stderr.",
+    rich_help_panel=INPUT, show_default=False, metavar="NAME")]
+OnlyFlag = Annotated[list[str] | None, typer.Option(
+    "--only-flag", help="Keep only records flagged NAME (one of the --exclude-flag names), or with "
+    "any flag with 'any'. Repeatable: any of them. Applied before --exclude-flag.",
+    rich_help_panel=INPUT, show_default=False, metavar="NAME")]
+
+
+def flag_filter(exclude: list[str] | None, only: list[str] | None):
+    """The records filter of --exclude-flag/--only-flag (stats and report share it)."""
+    from monolayer.commands.stats import FlagFilter
+
+    return FlagFilter(exclude=tuple(exclude or ()), only=tuple(only or ()))
+
+
+def say_filtered(kept_filter, left_out: int, without_flags: int) -> None:
+    """One stderr line on what the flag filter did, so a filtered number is never mistaken."""
+    if not kept_filter.active:
+        return
+    from monolayer.cli.common import PROG, say
+
+    say(f"{PROG}: {kept_filter.describe()}: left out {left_out} record(s)")
+    if without_flags:
+        say_warning(f"{without_flags} record(s) carry no quality flags (made before quality checks, or "
+                    "not segment records): " + ("left out by --only-flag" if kept_filter.only
+                                                else "kept, unchecked"))
+
+
 class Correction(str, enum.Enum):
     holm = "holm"
     bh = "bh"
@@ -65,6 +96,8 @@ def stats(
     output_format: Annotated[Format, typer.Option(
         "--format", help="jsonl or csv on stdout, or a table on stderr.",
         rich_help_panel=OUTPUT)] = Format.jsonl,
+    exclude_flag: ExcludeFlag = None,
+    only_flag: OnlyFlag = None,
 ) -> None:
     """Summarise numeric fields of JSON Lines records, grouped by keys (the default).
 
@@ -73,13 +106,19 @@ def stats(
     on stderr.
 
     Example: monolayer stats eval.jsonl --by model --by image:dir --field abs_confluence_error
+
+    Example (flagged images left out): monolayer stats today.jsonl --field confluence --exclude-flag any
     """
-    grouped = collect(iter_many(files or ["-"]), by or [], fields)
+    chosen = flag_filter(exclude_flag, only_flag)
+    grouped = collect(iter_many(files or ["-"]), by or [], fields, chosen)
+    skipped = [f"{n} {what}" for n, what in ((grouped.error_records, "error records skipped"),
+                                             (grouped.filtered_out, f"left out by {chosen.describe()}"))
+               if n]
     if grouped.records == 0:
-        raise NoInputError("no records to summarise" + (
-            f" ({grouped.error_records} error records skipped)" if grouped.error_records else ""))
+        raise NoInputError("no records to summarise" + (f" ({', '.join(skipped)})" if skipped else ""))
     if grouped.error_records:
         say_warning(f"skipped {grouped.error_records} error record(s)")
+    say_filtered(chosen, grouped.filtered_out, grouped.without_flags)
     results = list(grouped.results())
     keys = list(by or [])
     if output_format is Format.jsonl:

@@ -39,15 +39,26 @@ class ReportInput:
     images: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     forecasts: list[dict[str, Any]] = field(default_factory=list)
     other: int = 0
+    filtered_out: int = 0
+    """Segment records left out by the flag filter (``--exclude-flag``/``--only-flag``)."""
+    without_flags: int = 0
+    """Segment records with no ``flags`` field while a flag filter was given."""
+    filter_text: str = ""
+    """The flag filter as options, shown on the page."""
     own_failures: int = 0
     """Problems the report found itself (bad records, pictures it cannot show): exit 1."""
 
 
-def gather(records: Iterable[tuple[str, int, Any]]) -> ReportInput:
-    """Sort records by kind: failures, segment results, growth forecasts."""
+def gather(records: Iterable[tuple[str, int, Any]], flag_filter: Any = None) -> ReportInput:
+    """Sort records by kind: failures, segment results, growth forecasts. ``flag_filter``
+    (a :class:`~monolayer.commands.stats.FlagFilter`) leaves segment results out by their
+    quality flags, as ``stats`` does; failures and forecasts are always shown."""
     from monolayer.schema import check, error_code
 
     found = ReportInput()
+    active = flag_filter is not None and flag_filter.active
+    if active:
+        found.filter_text = flag_filter.describe()
     for source, number, record in records:
         where = f"{source}:{number}"
         if isinstance(record, DataError):
@@ -73,6 +84,11 @@ def gather(records: Iterable[tuple[str, int, Any]]) -> ReportInput:
                 found.failures.append((where, str(exc), 65))
                 found.own_failures += 1
                 continue
+            if active:
+                found.without_flags += not isinstance(record.get("flags"), list)
+                if not flag_filter.keeps(record):
+                    found.filtered_out += 1
+                    continue
             found.images.append((where, record))
         else:
             found.other += 1
@@ -143,7 +159,8 @@ td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:to
 .fail{background:#fdecea} .alert{background:#fff4d6} .grid{display:flex;flex-wrap:wrap;gap:12px}
 figure{margin:0;width:%(side)dpx} figure img{width:100%%;border:1px solid #999}
 figcaption{font-size:.8em;word-break:break-all} .flag{display:inline-block;background:#ffe08a;border-radius:3px;padding:0 .3em;margin:1px}
-.ok{color:#1a7f37}
+.ok{color:#1a7f37} .warn{display:inline-block;background:#d1242f;color:#fff;border-radius:3px;padding:0 .35em;margin-left:.3em}
+figure.flagged img{border:3px solid #d1242f}
 """ % {"side": THUMB_SIDE}
 
 
@@ -171,6 +188,10 @@ def render(found: ReportInput, *, title: str, plot_png: bytes | None = None,
              f"<h1>{html.escape(title)}</h1>",
              f"<p class='meta'>made {dt.datetime.now().isoformat(timespec='minutes')} by monolayer {__version__}: "
              f"{len(found.images)} image(s), {len(found.forecasts)} forecast(s), {len(found.failures)} failure(s)</p>"]
+    if found.filter_text:
+        parts.append(f"<p class='meta'>{html.escape(found.filter_text)}: {found.filtered_out} image(s) left out"
+                     + (f"; {found.without_flags} image record(s) carry no quality flags" if found.without_flags
+                        else "") + "</p>")
     parts.append("<h2>Failures</h2>")
     if found.failures:
         parts.append("<table><tr><th>what</th><th>error</th><th>exit code</th></tr>")
@@ -179,6 +200,7 @@ def render(found: ReportInput, *, title: str, plot_png: bytes | None = None,
         parts.append("</table>")
     else:
         parts.append("<p class='ok'>none</p>")
+    parts += _flagged_section(found.images)
     if found.forecasts or plot_png:
         parts.append("<h2>Growth and harvest forecast</h2>")
         if plot_png:
@@ -205,7 +227,8 @@ def render(found: ReportInput, *, title: str, plot_png: bytes | None = None,
             parts.append("</table>")
     parts.append("<h2>Images</h2><div class='grid'>")
     for (where, record), picture in zip(found.images, pictures):
-        caption = [f"<b>{100 * float(record.get('confluence') or 0):.1f} %</b>",
+        flags = [str(f) for f in record.get("flags") or []]
+        caption = [f"<b>{100 * float(record.get('confluence') or 0):.1f} %</b>" + _badge(flags),
                    html.escape(", ".join(f"{label} {record[k]}{unit}" for k, label, unit in _ACQUISITION
                                          if record.get(k) is not None)),
                    html.escape(str(record.get("image")))]
@@ -214,9 +237,49 @@ def render(found: ReportInput, *, title: str, plot_png: bytes | None = None,
             img = f"<img alt='overlay of {html.escape(str(record.get('image')))}' src='{picture}'>"
         else:
             img = "<p class='fail'>cannot show (see Failures)</p>"
-        parts.append(f"<figure>{img}<figcaption>{'<br>'.join(c for c in caption if c)}</figcaption></figure>")
+        figure = "<figure class='flagged'>" if flags else "<figure>"
+        parts.append(f"{figure}{img}"
+                     f"<figcaption>{'<br>'.join(c for c in caption if c)}</figcaption></figure>")
     parts.append("</div></body></html>\n")
     return "\n".join(parts)
+
+
+FLAG_ADVICE = {
+    "out_of_focus": "blurred: refocus, or check the number by eye",
+    "saturated": "many pixels clipped: lower the exposure or gain",
+    "uneven_illumination": "background slope or vignetting: check the lamp and condenser, or flat-field",
+    "no_texture": "nothing above the noise: an empty well, or not phase contrast",
+    "unlike_calibration": "unlike the images the parameters were made on: calibrate on images like it",
+}
+
+
+def _badge(flags: list[str]) -> str:
+    """A warning mark next to a number whose image is flagged."""
+    if not flags:
+        return ""
+    return f"<span class='warn' title='{html.escape(', '.join(flags))}'>&#9888; {len(flags)}</span>"
+
+
+def _flagged_section(images: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """The images whose quality flags say: check this number by eye."""
+    flagged = [(record, [str(f) for f in record.get("flags") or []]) for _, record in images]
+    flagged = [(record, flags) for record, flags in flagged if flags]
+    if not flagged:
+        return []
+    parts = ["<h2>Flagged images</h2>",
+             "<p class='meta'>Each still has its number; check these by eye before trusting it.</p>",
+             "<table><tr><th>image</th><th>confluence</th><th>flags</th></tr>"]
+    for record, flags in flagged:
+        spans = "".join(f"<span class='flag' title='{html.escape(FLAG_ADVICE.get(f, f))}'>{html.escape(f)}</span>"
+                        for f in flags)
+        parts.append(f"<tr class='alert'><td>{html.escape(str(record.get('image')))}</td>"
+                     f"<td>{100 * float(record.get('confluence') or 0):.1f} %{_badge(flags)}</td><td>{spans}</td></tr>")
+    parts.append("</table>")
+    seen = sorted({f for _, flags in flagged for f in flags}, key=lambda f: list(FLAG_ADVICE).index(f)
+                  if f in FLAG_ADVICE else len(FLAG_ADVICE))
+    parts.append("<ul class='meta'>" + "".join(f"<li><b>{html.escape(f)}</b>: {html.escape(FLAG_ADVICE[f])}</li>"
+                                               for f in seen if f in FLAG_ADVICE) + "</ul>")
+    return parts
 
 
 _ACQUISITION = (("plate", "plate", ""), ("well", "well", ""), ("site", "site", ""), ("time", "at", ""),

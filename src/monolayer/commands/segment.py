@@ -50,6 +50,11 @@ class SegmentOptions:
     name_pattern: str | None = None
     """``--name-pattern``: a preset or regex whose named groups give plate, well, site and
     time (see :mod:`monolayer.acquisition`); None: time from the image's tags only."""
+    qc_reference: dict[str, list[float]] | None = None
+    """The ``qc_reference`` of a calibrated parameters file (``--params``): the range of its
+    images' domain statistics, for the ``unlike_calibration`` flag (see :mod:`monolayer.qc`).
+    None: the classical default parameters are checked against the development images,
+    other models not at all."""
 
     def __post_init__(self) -> None:
         if self.name_pattern is not None:
@@ -245,10 +250,37 @@ def _predict_raw(backend: Backend, batch: list[_Loaded], resize: int | None,
     return out
 
 
+def qc_reference(options: SegmentOptions, model: dict[str, Any]) -> dict[str, list[float]] | None:
+    """What ``unlike_calibration`` compares an image with: the parameters file's reference,
+    else the development images' for the classical phase method at its default parameters,
+    else nothing (a learned model's training images are not known here)."""
+    if options.qc_reference is not None:
+        return options.qc_reference
+    if model.get("model") == "classical" and model.get("method") == "phase":
+        from dataclasses import asdict
+
+        from monolayer.backends.phase import PhaseParams
+        from monolayer.qc import DEV_REFERENCE
+
+        params = model.get("params") or {}
+        if all(params.get(k) == v for k, v in asdict(PhaseParams()).items()) and "params_file" not in params:
+            return DEV_REFERENCE
+    return None
+
+
+def _quality(x: _Loaded, options: SegmentOptions, model: dict[str, Any]) -> dict[str, Any]:
+    """The record's ``qc`` (measured on the image as read) and ``flags``."""
+    from monolayer import qc
+
+    measured = qc.measure(x.gray, x.dtype)
+    return {"qc": measured, "flags": qc.flags(measured, qc_reference(options, model))}
+
+
 def _write(x: _Loaded, prediction: Prediction, seconds: float, options: SegmentOptions,
            model: dict[str, Any]) -> dict[str, Any]:
     acquired = options.acquisition(x.job)  # before any file: a name that does not match fails here
     started = time.perf_counter()
+    quality = _quality(x, options, model)
     height, width = x.gray.shape
     if prediction.mask.shape != (height, width):
         raise InternalError(f"{x.job.image}: model {model['model']} returned a "
@@ -283,6 +315,7 @@ def _write(x: _Loaded, prediction: Prediction, seconds: float, options: SegmentO
         confluence=confluence(prediction.mask),
         **prediction.extras,
         **model,
+        **quality,
         seconds=round(seconds + time.perf_counter() - started, 4),
     )
 

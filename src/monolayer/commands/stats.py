@@ -19,6 +19,65 @@ from monolayer.stats import group_key, summarize
 
 KIND = "stats"
 KEY_TRANSFORMS = ("dir", "stem", "name")
+ANY_FLAG = "any"
+
+
+@dataclass(frozen=True)
+class FlagFilter:
+    """``--exclude-flag`` / ``--only-flag``: which records to keep by their image-quality
+    ``flags`` (the names of :data:`monolayer.qc.FLAGS`, or ``any``).
+
+    ``only``: keep a record carrying at least one of these flags (``any``: at least one
+    flag); ``exclude``: then drop a record carrying any of these (``any``: any flag).
+    A record without a ``flags`` field (made before quality checks, or not a segment
+    record) counts as unknown: dropped by ``only``, kept by ``exclude``, and counted, so
+    the caller can say so. Flags of other kinds (a growth forecast's) are not quality
+    flags and never match.
+
+    >>> FlagFilter(exclude=("any",)).keeps({"flags": ["saturated"]})
+    False
+    >>> FlagFilter(only=("out_of_focus",)).keeps({"flags": ["saturated", "out_of_focus"]})
+    True
+    >>> FlagFilter(exclude=("blurry",))
+    Traceback (most recent call last):
+    ...
+    monolayer.errors.UsageError: unknown flag 'blurry' (choose from: out_of_focus, saturated, uneven_illumination, no_texture, unlike_calibration, any)
+    """
+
+    exclude: tuple[str, ...] = ()
+    only: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        from monolayer.qc import FLAGS
+
+        for name in (*self.exclude, *self.only):
+            if name != ANY_FLAG and name not in FLAGS:
+                raise UsageError(f"unknown flag {name!r}", f"choose from: {', '.join((*FLAGS, ANY_FLAG))}")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.exclude or self.only)
+
+    def describe(self) -> str:
+        """The filter as the options that made it, e.g. ``--exclude-flag any``."""
+        return " ".join([*(f"--only-flag {n}" for n in self.only), *(f"--exclude-flag {n}" for n in self.exclude)])
+
+    @staticmethod
+    def _matches(flags: set[str], names: tuple[str, ...]) -> bool:
+        return bool(flags) if ANY_FLAG in names else bool(flags.intersection(names))
+
+    def keeps(self, record: dict[str, Any]) -> bool:
+        from monolayer.qc import FLAGS
+
+        if not self.active:
+            return True
+        raw = record.get("flags")
+        if not isinstance(raw, list):
+            return not self.only
+        flags = {f for f in raw if f in FLAGS}
+        if self.only and not self._matches(flags, self.only):
+            return False
+        return not (self.exclude and self._matches(flags, self.exclude))
 
 
 def _is_number(value: Any) -> bool:
@@ -57,6 +116,10 @@ class GroupedStats:
     values: dict[tuple[tuple[str, Any], ...], dict[str, list[float]]] = field(default_factory=dict)
     error_records: int = 0
     records: int = 0
+    filtered_out: int = 0
+    """Records left out by the flag filter."""
+    without_flags: int = 0
+    """Records with no ``flags`` field while a flag filter was given."""
 
     def results(self) -> Iterator[dict[str, Any]]:
         """One stats record per group and field; groups in order of first appearance."""
@@ -79,7 +142,7 @@ def _kind_of(value: Any) -> str:
 
 
 def collect(records: Iterable[tuple[str, int, dict[str, Any]]], by: list[str],
-            fields: list[str] | None) -> GroupedStats:
+            fields: list[str] | None, flag_filter: FlagFilter | None = None) -> GroupedStats:
     """Group numeric values; error records are counted and skipped.
 
     A record tagged with the ``schema`` of a monolayer kind (``monolayer.eval/1``) is
@@ -89,7 +152,8 @@ def collect(records: Iterable[tuple[str, int, dict[str, Any]]], by: list[str],
     a :class:`DataError` naming ``file:line``, with or without ``fields``: a value
     is never dropped silently. A record lacking a field (or holding null)
     contributes nothing to it. A grouping key must hold a string, number,
-    boolean or null, never an object or a list.
+    boolean or null, never an object or a list. ``flag_filter`` leaves records out by
+    their quality flags (counted in ``filtered_out``; error records are skipped first).
     """
     keys = [parse_key(spec) for spec in by]
     result = GroupedStats(by=list(by), fields=list(fields or []))
@@ -102,6 +166,11 @@ def collect(records: Iterable[tuple[str, int, dict[str, Any]]], by: list[str],
         if "error" in record:
             result.error_records += 1
             continue
+        if flag_filter is not None and flag_filter.active:
+            result.without_flags += not isinstance(record.get("flags"), list)
+            if not flag_filter.keeps(record):
+                result.filtered_out += 1
+                continue
         result.records += 1
         group = []
         for spec, (name, transform) in zip(by, keys):

@@ -1,0 +1,279 @@
+"""calibrate: fitted parameters, an honest cross-validated error, and segment --params."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from monolayer.backends.classical import ClassicalBackend
+from monolayer.backends.phase import PhaseParams, segment_phase
+from monolayer.calibrate import PHASE_LADDERS, PhaseImage, Score, calibrate_phase, cross_validate, folds
+from monolayer.io.images import load_image, normalize, to_grayscale
+from monolayer.metrics import compare
+
+from conftest import EXAMPLES
+
+
+def faint_cells(seed: int, centers, shape=(128, 128), radius=20, amplitude=5.0):
+    """An 8-bit image of weakly textured discs on a flat noisy field, and its truth."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    image = np.full(shape, 120.0) + rng.normal(0, 1.0, shape)
+    truth = np.zeros(shape, bool)
+    for cy, cx in centers:
+        inside = np.hypot(yy - cy, xx - cx) < radius
+        truth |= inside
+        image[inside] += rng.normal(0, amplitude, inside.sum())
+    return np.clip(image, 0, 255).astype(np.uint8), truth
+
+
+CENTERS = [((40, 40), (90, 90)), ((64, 64),), ((30, 90), (95, 35)), ((40, 80), (90, 40))]
+
+
+@pytest.fixture
+def labelled(tmp_path: Path) -> Path:
+    """Three faint-cell images in images/ with their masks in masks/."""
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    for i, centers in enumerate(CENTERS[:3]):
+        image, truth = faint_cells(i, centers)
+        tifffile.imwrite(tmp_path / "images" / f"c{i}.tif", image)
+        tifffile.imwrite(tmp_path / "masks" / f"c{i}.tif", truth.astype(np.uint8))
+    return tmp_path
+
+
+def calibrate_cli(cli, folder: Path, out: Path, *extra: str):
+    return cli("calibrate", folder / "images", "--truth", folder / "masks", "-o", out, "-q", *extra)
+
+
+_CALIBRATED: dict[str, bytes] = {}
+
+
+@pytest.fixture
+def params_file(cli, labelled: Path, tmp_path: Path) -> Path:
+    """A classical parameters file for ``labelled`` (calibrated once per module, then copied:
+    the images are the same every time)."""
+    path = tmp_path / "scope.json"
+    if "classical" not in _CALIBRATED:
+        assert calibrate_cli(cli, labelled, path).code == 0
+        _CALIBRATED["classical"] = path.read_bytes()
+    path.write_bytes(_CALIBRATED["classical"])
+    return path
+
+
+# -- the search itself ------------------------------------------------------------------
+
+def test_staged_phase_masks_equal_segment_phase() -> None:
+    """The cached stages reproduce segment_phase bit for bit, over settings from every ladder."""
+    image = normalize(to_grayscale(load_image(EXAMPLES / "images" / "set30.tif").array))[:300, :300]
+    staged = PhaseImage(image, np.zeros(image.shape, bool))
+    rng = np.random.default_rng(0)
+    settings = [PhaseParams()] + [PhaseParams(**{n: v[rng.integers(len(v))] for n, v in PHASE_LADDERS.items()})
+                                  for _ in range(12)]
+    for params in settings:
+        expected, _ = segment_phase(image, params)
+        assert np.array_equal(staged.mask(params), expected), params
+
+
+def test_cross_validated_error_never_comes_from_a_fit_that_saw_the_image() -> None:
+    """A constructed case: an image scores 1.0 under parameters fitted on it, 0.0 under
+    parameters fitted without it, 0.5 under the default. An honest estimate is all zeros;
+    the training error (parameters fitted on all) is all ones."""
+    fitted_on: list[frozenset[int]] = []
+
+    def fit(train: list[int]) -> frozenset[int]:
+        fitted_on.append(frozenset(train))
+        return frozenset(train)
+
+    def evaluate(params, indices: list[int]) -> Score:
+        errors = tuple(0.5 if params == "default" else float(i in params) for i in indices)
+        return Score(errors, tuple(1.0 - e for e in errors))
+
+    for n in (2, 3, 7, 12):
+        result = cross_validate(n, fit, evaluate, "default")
+        assert result.cv_errors == [0.0] * n
+        assert result.fit_cv_errors == [0.0] * n
+        assert result.train_errors == [1.0] * n
+        assert result.calibrated and result.params == frozenset(range(n))
+        held = [set(h) for h in folds(n)]
+        assert sorted(i for h in held for i in h) == list(range(n))
+        assert all(not (h & p) for h, p in zip(held, result.fold_params))
+
+
+def test_the_default_is_kept_when_fitting_does_not_beat_it_in_cross_validation() -> None:
+    def evaluate(params, indices: list[int]) -> Score:
+        # Fitted parameters are perfect on their own images, poor elsewhere; the default is fair.
+        errors = tuple(0.1 if params == "default" else (0.0 if i in params else 0.3) for i in indices)
+        return Score(errors, tuple(0.5 for _ in indices))
+
+    result = cross_validate(4, lambda train: frozenset(train), evaluate, "default")
+    assert not result.calibrated and result.params == "default"
+    assert result.fit_cv_errors == [0.3] * 4
+    assert result.cv_errors == [0.1] * 4  # each fold's procedure chose the default too
+
+
+def test_calibration_fixes_images_the_default_gets_wrong() -> None:
+    images, truths = [], []
+    for i, centers in enumerate(CENTERS):
+        image, truth = faint_cells(i, centers)
+        images.append(normalize(image.astype(np.float32)))
+        truths.append(truth)
+    result = calibrate_phase(images[:3], truths[:3])
+    assert result.calibrated
+    assert np.mean(result.cv_errors) < 0.5 * np.mean(result.default_errors)
+    # And on an image it never saw:
+    default = compare(segment_phase(images[3])[0], truths[3])["abs_confluence_error"]
+    calibrated = compare(segment_phase(images[3], result.params)[0], truths[3])["abs_confluence_error"]
+    assert calibrated < default
+
+
+# -- the command --------------------------------------------------------------------------
+
+def test_calibrate_then_segment_with_the_params(cli, labelled: Path, tmp_path: Path) -> None:
+    params_file = tmp_path / "scope.json"
+    run = calibrate_cli(cli, labelled, params_file)
+    assert run.code == 0, run.stderr
+    [record] = run.records
+    assert record["schema"] == "monolayer.calibrate/1" and record["model"] == "classical"
+    assert record["images"] == 3 and record["folds"] == 3
+    assert record["cv_abs_confluence_error"] < record["default_abs_confluence_error"]
+    sha = hashlib.sha256(params_file.read_bytes()).hexdigest()
+    assert record["output_sha256"] == sha
+    doc = json.loads(params_file.read_text())
+    assert doc["schema"] == "monolayer.params/1" and doc["params"] == record["params"]
+    assert [Path(x["image"]).name for x in doc["calibration"]["images"]] == ["c0.tif", "c1.tif", "c2.tif"]
+
+    seg = cli("segment", labelled / "images", "--params", params_file, "--out", tmp_path / "pred", "-q")
+    assert seg.code == 0, seg.stderr
+    expected = ClassicalBackend(params=doc["params"])
+    for rec in seg.records:
+        assert rec["params"]["params_file"] == {"path": str(params_file), "sha256": sha, "weights_sha256": None}
+        assert {k: rec["params"][k] for k in doc["params"]} == doc["params"]
+        gray = to_grayscale(load_image(rec["image"]).array)
+        assert rec["confluence"] == pytest.approx(float(expected.predict(normalize(gray)).mask.mean()))
+
+
+@pytest.mark.parametrize("count", [0, 1])
+def test_fewer_than_two_images_are_refused(cli, labelled: Path, tmp_path: Path, count: int) -> None:
+    images = sorted((labelled / "images").iterdir())[:count]
+    args = [str(p) for p in images] if images else [str(tmp_path / "empty")]
+    if not images:
+        (tmp_path / "empty").mkdir()
+    run = cli("calibrate", *args, "--truth", labelled / "masks", "-o", tmp_path / "p.json")
+    assert run.code == (2 if count else 66)
+    if count:
+        assert "label at least 3 images" in run.stderr
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_two_images_are_accepted_with_a_warning(cli, labelled: Path, tmp_path: Path) -> None:
+    images = sorted((labelled / "images").iterdir())[:2]
+    run = cli("calibrate", *images, "--truth", labelled / "masks", "-o", tmp_path / "p.json", "-q")
+    assert run.code == 0 and "rough" in run.stderr
+
+
+def test_an_image_without_truth_is_a_data_error(cli, labelled: Path, tmp_path: Path) -> None:
+    extra, _ = faint_cells(9, CENTERS[0])
+    tifffile.imwrite(labelled / "images" / "unlabelled.tif", extra)
+    run = calibrate_cli(cli, labelled, tmp_path / "p.json")
+    assert run.code == 65 and "unlabelled.tif" in run.stderr
+
+
+def test_a_params_file_for_another_model_is_refused(cli, labelled: Path, tmp_path: Path, params_file: Path) -> None:
+    run = cli("segment", labelled / "images", "--params", params_file, "--method", "canny",
+              "--out", tmp_path / "o")
+    assert run.code == 2 and "phase" in run.stderr
+    doc = json.loads(params_file.read_text())
+    doc.update(model="unet", params={"threshold": 0.4}, weights_sha256="0" * 64)
+    (tmp_path / "unet.json").write_text(json.dumps(doc))
+    run = cli("segment", labelled / "images", "--params", tmp_path / "unet.json", "--out", tmp_path / "o")
+    assert run.code == 2 and "--model unet" in run.stderr
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"t_abs": 5.0}, "outside"),
+    ({"erode_radius": 2.5}, "whole number"),
+    ({"t_abs_typo": 0.02}, "unknown phase parameter"),
+    ({"max_hole": "big"}, "max_hole"),
+])
+def test_a_tampered_params_file_is_a_data_error(cli, labelled: Path, tmp_path: Path, params_file: Path,
+                                               change, message) -> None:
+    doc = json.loads(params_file.read_text())
+    doc["params"].update(change)
+    params_file.write_text(json.dumps(doc))
+    run = cli("segment", labelled / "images", "--params", params_file, "--out", tmp_path / "o")
+    assert run.code == 65 and message in run.stderr and str(params_file) in run.stderr
+
+
+@pytest.mark.parametrize("text", ["{", "[]", '{"schema": "monolayer.cellpose-thresholds/1"}',
+                                  '{"schema": "monolayer.params/1", "model": "classical", "method": "phase"}'])
+def test_a_corrupted_params_file_is_a_data_error(cli, labelled: Path, tmp_path: Path, text: str) -> None:
+    params_file = tmp_path / "bad.json"
+    params_file.write_text(text)
+    run = cli("segment", labelled / "images", "--params", params_file, "--out", tmp_path / "o")
+    assert run.code == 65 and str(params_file) in run.stderr
+
+
+def test_rerun_into_the_same_folder_with_other_params_is_refused(cli, labelled: Path, tmp_path: Path,
+                                                                 params_file: Path) -> None:
+    first, second = params_file, tmp_path / "b.json"
+    doc = json.loads(first.read_text())
+    doc["params"]["min_size"] = doc["params"]["min_size"] + 1
+    second.write_text(json.dumps(doc))
+    out = tmp_path / "pred"
+    assert cli("segment", labelled / "images", "--params", first, "--out", out, "-q").code == 0
+    # The same values from a copy elsewhere: the same run, accepted.
+    copy = tmp_path / "copy" / "a.json"
+    copy.parent.mkdir()
+    copy.write_bytes(first.read_bytes())
+    assert cli("segment", labelled / "images", "--params", copy, "--out", out, "-q").code == 0
+    refused = cli("segment", labelled / "images", "--params", second, "--out", out, "-q")
+    assert refused.code == 2
+    again = cli("segment", labelled / "images", "--params", second, "--out", out, "-q", "--overwrite")
+    assert again.code == 0 and again.records[0]["params"]["min_size"] == doc["params"]["min_size"]
+
+
+# -- learned models: the threshold ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_unet(tmp_path_factory) -> Path:
+    from test_backend_unet import save_unet
+
+    folder = tmp_path_factory.mktemp("unet")
+    return save_unet(folder / "tiny.pt", base_channels=4), save_unet(folder / "other.pt", seed=1, base_channels=4)
+
+
+def test_unet_threshold_is_calibrated_and_applied(cli, labelled: Path, tmp_path: Path, tiny_unet) -> None:
+    weights, other = tiny_unet
+    params_file = tmp_path / "unet.json"
+    run = calibrate_cli(cli, labelled, params_file, "--model", "unet", "--weights", weights, "--device", "cpu")
+    assert run.code == 0, run.stderr
+    [record] = run.records
+    threshold = record["params"]["threshold"]
+    assert 0.0 < threshold < 1.0
+    doc = json.loads(params_file.read_text())
+    assert doc["model"] == "unet" and doc["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+
+    seg = cli("segment", labelled / "images", "-m", "unet", "-w", weights, "--device", "cpu",
+              "--params", params_file, "--out", tmp_path / "o", "-q", "--save-prob")
+    assert seg.code == 0, seg.stderr
+    for rec in seg.records:
+        assert rec["params"]["threshold"] == threshold and rec["params"]["sources"]["threshold"] == "file"
+        prob = tifffile.imread(rec["prob"])
+        assert rec["confluence"] == pytest.approx(float((prob >= np.float32(threshold)).mean()))
+    # An explicit flag still wins over the file.
+    flag = cli("segment", labelled / "images", "-m", "unet", "-w", weights, "--device", "cpu",
+               "--params", params_file, "--threshold", "0.5", "--out", tmp_path / "o2", "-q")
+    assert flag.code == 0 and flag.records[0]["params"]["sources"]["threshold"] == "flag"
+    # Other weights: refused, naming both.
+    wrong = cli("segment", labelled / "images", "-m", "unet", "-w", other, "--device", "cpu",
+                "--params", params_file, "--out", tmp_path / "o3", "-q")
+    assert wrong.code == 2 and str(params_file) in wrong.stderr and "other.pt" in wrong.stderr
+    # A file for unet handed to the classical model: refused.
+    classical = cli("segment", labelled / "images", "--params", params_file, "--out", tmp_path / "o4", "-q")
+    assert classical.code == 2 and "--model unet" in classical.stderr

@@ -251,7 +251,11 @@ def tiny_unet(tmp_path_factory) -> Path:
 def test_unet_threshold_is_calibrated_and_applied(cli, labelled: Path, tmp_path: Path, tiny_unet) -> None:
     weights, other = tiny_unet
     params_file = tmp_path / "unet.json"
-    run = calibrate_cli(cli, labelled, params_file, "--model", "unet", "--weights", weights, "--device", "cpu")
+    # A random tiny U-Net overlaps nothing: refused by default, accepted with --min-iou 0.
+    refused = calibrate_cli(cli, labelled, params_file, "--model", "unet", "--weights", weights, "--device", "cpu")
+    assert refused.code == 65 and "--min-iou" in refused.stderr and not params_file.exists()
+    run = calibrate_cli(cli, labelled, params_file, "--model", "unet", "--weights", weights, "--device", "cpu",
+                        "--min-iou", "0")
     assert run.code == 0, run.stderr
     [record] = run.records
     threshold = record["params"]["threshold"]
@@ -277,3 +281,286 @@ def test_unet_threshold_is_calibrated_and_applied(cli, labelled: Path, tmp_path:
     # A file for unet handed to the classical model: refused.
     classical = cli("segment", labelled / "images", "--params", params_file, "--out", tmp_path / "o4", "-q")
     assert classical.code == 2 and "--model unet" in classical.stderr
+
+
+# -- review of issue 13: regressions ---------------------------------------------------------
+
+def _no_work(monkeypatch) -> None:
+    """Any image read or fit from here on fails the test: the refusal must come first."""
+    import monolayer.calibrate
+    import monolayer.io.images
+
+    def boom(*_args, **_kwargs):
+        raise AssertionError("work done before -o was checked")
+
+    monkeypatch.setattr(monolayer.io.images, "load_image", boom)
+    monkeypatch.setattr(monolayer.calibrate, "calibrate_phase", boom)
+
+
+@pytest.mark.parametrize("target", ["image", "mask", "hardlink", "truth_jsonl"])
+def test_out_that_is_an_input_is_refused_before_any_work(cli, labelled: Path, tmp_path: Path, monkeypatch,
+                                                        target: str) -> None:
+    import os
+
+    truth = labelled / "masks"
+    if target == "image":
+        out = labelled / "images" / "c1.tif"
+    elif target == "mask":
+        out = labelled / "masks" / "c1.tif"
+    elif target == "hardlink":
+        out = tmp_path / "linked.json"
+        os.link(labelled / "images" / "c2.tif", out)
+    else:
+        truth = tmp_path / "truth.jsonl"
+        truth.write_text("".join(json.dumps({"schema": "monolayer.truth/1", "image": f"c{i}.tif",
+                                             "mask": str(labelled / "masks" / f"c{i}.tif")}) + "\n"
+                                 for i in range(3)))
+        out = truth
+    before = out.read_bytes()
+    _no_work(monkeypatch)
+    run = cli("calibrate", labelled / "images", "--truth", truth, "-o", out, "-q")
+    assert run.code == 2 and "-o" in run.stderr and "input" in run.stderr, run.stderr
+    assert out.read_bytes() == before
+
+
+@pytest.mark.parametrize("kind", ["folder", "symlink", "no_parent"])
+def test_out_folder_link_or_missing_parent_is_refused_before_any_work(cli, labelled: Path, tmp_path: Path,
+                                                                      monkeypatch, kind: str) -> None:
+    out = tmp_path / "adir"
+    if kind == "folder":
+        out.mkdir()
+    elif kind == "symlink":
+        out.symlink_to(tmp_path / "elsewhere.json")
+    else:
+        out = tmp_path / "missing" / "p.json"
+    _no_work(monkeypatch)
+    run = cli("calibrate", labelled / "images", "--truth", labelled / "masks", "-o", out, "-q")
+    assert run.code == 2 and str(out) in run.stderr and "(" in run.stderr  # with a hint
+    assert not (tmp_path / "elsewhere.json").exists()
+
+
+def test_two_images_matching_one_truth_by_name_are_refused(cli, labelled: Path, tmp_path: Path) -> None:
+    for day in ("day1", "day2"):
+        (tmp_path / day).mkdir()
+    for i in range(3):
+        (tmp_path / "day1" / f"c{i}.tif").write_bytes((labelled / "images" / f"c{i}.tif").read_bytes())
+    other, _ = faint_cells(7, CENTERS[3])
+    tifffile.imwrite(tmp_path / "day2" / "c0.tif", other)  # another image named like day1's c0
+    run = cli("calibrate", tmp_path / "day1", tmp_path / "day2", "--truth", labelled / "masks",
+              "-o", tmp_path / "p.json", "-q")
+    assert run.code == 65 and "cannot tell which" in run.stderr and "day2" in run.stderr
+    assert not (tmp_path / "p.json").exists()
+    # Matched by checksum, the other image's claim by name alone is refused, naming the owner.
+    truth = tmp_path / "truth.jsonl"
+    sha = hashlib.sha256((tmp_path / "day1" / "c0.tif").read_bytes()).hexdigest()
+    truth.write_text(json.dumps({"schema": "monolayer.truth/1", "image": "elsewhere/c0.tif", "image_sha256": sha,
+                                 "mask": str(labelled / "masks" / "c0.tif")}) + "\n")
+    run = cli("calibrate", tmp_path / "day1" / "c0.tif", tmp_path / "day2" / "c0.tif", "--truth", truth,
+              "-o", tmp_path / "p.json", "-q")
+    assert run.code == 65 and "belongs to" in run.stderr and str(tmp_path / "day2" / "c0.tif") in run.stderr
+
+
+@pytest.mark.parametrize("flags, named", [(("--normalize", "none"), "percentile"),
+                                          (("--resize", "128"), "full size")])
+def test_segment_refuses_preprocessing_unlike_the_calibration(cli, labelled: Path, tmp_path: Path,
+                                                               params_file: Path, flags, named) -> None:
+    run = cli("segment", labelled / "images", "--params", params_file, *flags, "--out", tmp_path / "o", "-q")
+    assert run.code == 2 and flags[0] in run.stderr and flags[1] in run.stderr and named in run.stderr
+    assert str(params_file) in run.stderr
+    same = cli("segment", labelled / "images", "--params", params_file, "--normalize", "percentile",
+               "--out", tmp_path / "o2", "-q")
+    assert same.code == 0, same.stderr
+    doc = json.loads(params_file.read_text())
+    assert doc["calibration"]["normalize"] == "percentile" and doc["calibration"]["resize"] is None
+
+
+def _tamper(params_file: Path, change) -> None:
+    doc = json.loads(params_file.read_text())
+    change(doc)
+    params_file.write_text(json.dumps(doc))
+
+
+@pytest.mark.parametrize("reference", [None, {}, "missing", {"noise": "abc"}, {"noise": [0.1]},
+                                       {"noise": [0.2, 0.1]}, {"future_measure": [0, 1]}])
+def test_a_bad_or_missing_qc_reference_is_refused(cli, labelled: Path, tmp_path: Path, params_file: Path,
+                                                  reference) -> None:
+    def change(doc):
+        if reference == "missing":
+            del doc["qc_reference"]
+        else:
+            doc["qc_reference"] = reference
+
+    _tamper(params_file, change)
+    run = cli("segment", labelled / "images", "--params", params_file, "--out", tmp_path / "o", "-q")
+    assert run.code == 65 and str(params_file) in run.stderr and "qc_reference" in run.stderr, run.stderr
+
+
+def test_the_qc_reference_of_a_params_file_flags_unlike_images(cli, labelled: Path, tmp_path: Path,
+                                                                params_file: Path) -> None:
+    _tamper(params_file, lambda doc: doc.update(qc_reference={"noise": [1e-9, 2e-9]}))
+    run = cli("segment", labelled / "images", "--params", params_file, "--out", tmp_path / "o", "-q")
+    assert run.code == 0 and all("unlike_calibration" in r["flags"] for r in run.records)
+
+
+def test_calibrate_refuses_meaningless_truth_and_small_images(cli, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for name, shape, truth_of in (("blank", (128, 128), lambda s: np.zeros(s, np.uint8)),
+                                  ("small", (32, 32), lambda s: np.ones(s, np.uint8))):
+        for folder in ("images", "masks"):
+            (tmp_path / name / folder).mkdir(parents=True)
+        for i in range(3):
+            image = (120 + rng.normal(0, 2, shape)).astype(np.uint8)
+            tifffile.imwrite(tmp_path / name / "images" / f"b{i}.tif", image)
+            tifffile.imwrite(tmp_path / name / "masks" / f"b{i}.tif", truth_of(shape))
+    blank = calibrate_cli(cli, tmp_path / "blank", tmp_path / "b.json")
+    assert blank.code == 65 and "empty" in blank.stderr and not (tmp_path / "b.json").exists()
+    small = calibrate_cli(cli, tmp_path / "small", tmp_path / "s.json")
+    assert small.code == 65 and "64 px" in small.stderr and not (tmp_path / "s.json").exists()
+
+
+def test_calibrate_reports_its_own_images_flags(cli, labelled: Path, tmp_path: Path) -> None:
+    from monolayer import qc
+
+    run = calibrate_cli(cli, labelled, tmp_path / "p.json")
+    assert run.code == 0
+    [record] = run.records
+    doc = json.loads((tmp_path / "p.json").read_text())
+    for entry in doc["calibration"]["images"]:
+        gray = to_grayscale(load_image(entry["image"]).array)
+        expected = qc.flags(qc.measure(gray, gray.dtype), None)
+        assert entry["flags"] == expected
+        assert record["image_flags"].get(entry["image"], []) == expected
+        if expected:
+            assert f"{entry['image']} is flagged" in run.stderr
+
+
+@pytest.mark.parametrize("how", ["content", "name"])
+def test_images_of_one_field_are_warned_about(cli, labelled: Path, tmp_path: Path, how: str) -> None:
+    images = labelled / "images"
+    if how == "content":  # a copy with one pixel changed: not an independent image
+        copy = tifffile.imread(images / "c0.tif")
+        copy[5, 5] ^= 1
+        tifffile.imwrite(images / "c9.tif", copy)
+        (labelled / "masks" / "c9.tif").write_bytes((labelled / "masks" / "c0.tif").read_bytes())
+        expected = ("c0.tif", "c9.tif")
+    else:  # time-lapse frames of one well, site and tile, by their names
+        for i, frame in ((0, "00d20h00m"), (1, "01d12h00m")):
+            for folder in ("images", "masks"):
+                (labelled / folder / f"c{i}.tif").rename(labelled / folder / f"A172_Phase_C7_1_{frame}_4.tif")
+        expected = ("A172_Phase_C7_1_00d20h00m_4.tif", "A172_Phase_C7_1_01d12h00m_4.tif")
+    run = calibrate_cli(cli, labelled, tmp_path / "p.json")
+    assert run.code == 0 and "same field of view" in run.stderr
+    [record] = run.records
+    assert record["similar_images"] == 1
+    [pair] = json.loads((tmp_path / "p.json").read_text())["calibration"]["similar_images"]
+    assert tuple(Path(p).name for p in pair["images"]) == expected
+
+
+def test_different_fields_are_not_called_similar(labelled: Path) -> None:
+    from monolayer.commands.calibrate import Labelled, similar_pairs
+
+    images = [Labelled(str(p), "", tifffile.imread(p), np.dtype(np.uint8), np.zeros((128, 128), bool))
+              for p in sorted((labelled / "images").iterdir())]
+    assert similar_pairs(images) == []
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"min_size": 10**9}, "min_size"), ({"t_abs": 1.0}, "t_abs"), ({"t_abs": 0, "k_noise": 0}, "t_abs"),
+    ({"window_sigma": 20}, "window_sigma"), ({"max_hole": -1}, "max_hole"), ({"k_noise": -1}, "k_noise"),
+    ({"min_size": True}, "min_size"),
+])
+def test_absurd_phase_values_are_refused(cli, labelled: Path, tmp_path: Path, params_file: Path,
+                                         change, field) -> None:
+    _tamper(params_file, lambda doc: doc["params"].update(change))
+    run = cli("segment", labelled / "images", "--params", params_file, "--out", tmp_path / "o", "-q")
+    assert run.code == 65 and str(params_file) in run.stderr and field in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("raw", ['"min_size": 1' + "0" * 400, '"t_abs": 1' + "0" * 400,
+                                 '"window_sigma": 1e400'])
+def test_huge_numbers_are_a_data_error_not_a_crash(cli, labelled: Path, tmp_path: Path, params_file: Path,
+                                                   raw: str) -> None:
+    name = raw.split('"')[1]
+    text = params_file.read_text()
+    start = text.index(f'"{name}":')
+    end = text.index("\n", start)
+    params_file.write_text(text[:start] + raw + ("," if text[end - 1] == "," else "") + text[end:])
+    run = cli("segment", labelled / "images", "--params", params_file, "--out", tmp_path / "o", "-q")
+    assert run.code == 65 and str(params_file) in run.stderr and name in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(params={}), "'params'"),
+    (lambda d: d["params"].pop("halo_delta"), "halo_delta"),
+    (lambda d: (d["calibration"].update(calibrated=False), d["params"].update(t_abs=0.05)), "calibrated"),
+    (lambda d: d["calibration"].pop("normalize"), "normalize"),
+    (lambda d: d["calibration"].update(resize="big"), "resize"),
+    (lambda d: d.update(weights_sha256="a" * 64), "no weights"),
+    (lambda d: d.update(qc_version=None), "qc_version"),
+])
+def test_inconsistent_params_files_are_refused(cli, labelled: Path, tmp_path: Path, params_file: Path,
+                                               change, message) -> None:
+    _tamper(params_file, change)
+    run = cli("segment", labelled / "images", "--params", params_file, "--out", tmp_path / "o", "-q")
+    assert run.code == 65 and str(params_file) in run.stderr and message in run.stderr, run.stderr
+    assert "None" not in run.stderr
+
+
+def test_calibrated_false_with_the_defaults_is_accepted(cli, labelled: Path, tmp_path: Path,
+                                                        params_file: Path) -> None:
+    from dataclasses import asdict
+
+    _tamper(params_file, lambda d: (d["calibration"].update(calibrated=False), d.update(params=asdict(PhaseParams()))))
+    run = cli("segment", labelled / "images", "--params", params_file, "--out", tmp_path / "o", "-q")
+    assert run.code == 0, run.stderr
+
+
+@pytest.mark.parametrize("threshold", [1e-300, 0.999, 0.0, "0.5", None])
+def test_a_learned_threshold_out_of_bounds_is_refused(params_file: Path, threshold) -> None:
+    from monolayer.calibrate import read_params
+    from monolayer.errors import DataError
+
+    _tamper(params_file, lambda d: d.update(model="unet", method=None, params={"threshold": threshold},
+                                            weights_sha256="0" * 64))
+    with pytest.raises(DataError, match="threshold"):
+        read_params(params_file)
+
+
+def test_the_record_names_what_each_error_estimates(cli, labelled: Path, tmp_path: Path) -> None:
+    from monolayer.schema import check
+
+    run = calibrate_cli(cli, labelled, tmp_path / "p.json")
+    [record] = run.records
+    check("calibrate", record, "record")
+    block = json.loads((tmp_path / "p.json").read_text())["calibration"]
+    assert record["written"] == ("fitted" if record["calibrated"] else "default")
+    assert record["cv_abs_confluence_error"] == pytest.approx(
+        np.mean([x["cv_abs_confluence_error"] for x in block["images"]]))
+    assert record["fitted_params_cv_abs_confluence_error"] == block["fit_cv_abs_confluence_error"]
+    assert record["fitted_params_cv_iou"] == block["fit_cv_iou"]
+    assert "fit_cv_abs_confluence_error" not in record
+
+
+def test_calibrate_help_offers_only_what_it_can_do(cli) -> None:
+    import re
+
+    run = cli("calibrate", "--help")
+    text = re.sub(r"\x1b\[[0-9;]*m", "", run.stdout)
+    assert run.code == 0 and "canny" not in text and "cellpose" not in text and "--method" not in text
+    assert "--min-iou" in text
+
+
+def test_size_mismatch_has_a_hint(cli, labelled: Path, tmp_path: Path) -> None:
+    tifffile.imwrite(labelled / "masks" / "c1.tif", np.zeros((100, 100), np.uint8))
+    run = calibrate_cli(cli, labelled, tmp_path / "p.json")
+    assert run.code == 65 and "100x100" in run.stderr and "full size" in run.stderr
+
+
+def test_undecodable_names_match_their_truth(cli, labelled: Path, tmp_path: Path) -> None:
+    import os
+
+    odd = os.fsdecode(b"c\xff0.tif")
+    for folder in ("images", "masks"):
+        (labelled / folder / "c0.tif").rename(labelled / folder / odd)
+    run = calibrate_cli(cli, labelled, tmp_path / "p.json")
+    assert run.code == 0, run.stderr

@@ -438,6 +438,13 @@ def write_params(path: Path, doc: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+THRESHOLD_BOUNDS = (0.01, 0.99)
+"""A learned model's threshold in a parameters file: what the threshold search can give
+(0.05..0.95, refined by 0.01); beyond, nearly every or no pixel is foreground."""
+NORMALIZE_VALUES = ("none", "percentile")
+"""The resolved ``--normalize`` a calibration records (``auto`` is resolved before)."""
+
+
 @dataclass(frozen=True)
 class ParamsFile:
     """A parameters file as read: its values, what it was made for, and its checksum."""
@@ -449,14 +456,61 @@ class ParamsFile:
     params: dict[str, Any]
     weights_sha256: str | None
     qc_reference: dict[str, Any] | None
+    normalize: str = "percentile"
+    """The input normalisation the images were calibrated under (resolved, never ``auto``)."""
+    resize: int | None = None
+    """The ``--resize`` the images were calibrated under (None: full size)."""
 
     def provenance(self) -> dict[str, Any]:
         """What segment records under ``params.params_file``."""
         return {"path": self.path, "sha256": self.sha256, "weights_sha256": self.weights_sha256}
 
 
+def _json(value: Any) -> str:
+    """A value as the file spells it (null, not None), shortened."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 24 else text[:20] + "..."
+
+
+def _fail(path: Path, field_name: str, message: str) -> DataError:
+    return DataError(f"{path}: {field_name} {message}",
+                     "expected the JSON written by 'monolayer calibrate'; calibrate again rather than edit it")
+
+
+def _check_reference(path: Path, reference: Any) -> dict[str, Any]:
+    """The file's ``qc_reference``: one ``qc.reference_from`` could have made, naming at least one
+    domain measure. Missing, null or empty is refused: segment would silently stop saying which
+    images are unlike the calibration images (the one check that a calibration needs)."""
+    from monolayer import qc
+
+    if reference is None or reference == {}:
+        raise _fail(path, "'qc_reference'", "is missing or empty: without it segment cannot flag images "
+                    "unlike the calibration images")
+    try:
+        checked = qc.check_reference(reference)
+    except ValueError as exc:
+        raise _fail(path, "'qc_reference'", f"is not valid ({exc})") from None
+    if not set(checked) & set(qc.DOMAIN):
+        raise _fail(path, "'qc_reference'", f"names none of {', '.join(qc.DOMAIN)}")
+    return checked
+
+
 def read_params(path: Path) -> ParamsFile:
-    """Read and check a parameters file; anything malformed is a :class:`DataError` naming it."""
+    """Read and check a parameters file; anything malformed is a :class:`DataError` naming it
+    and the field. Every field is checked whoever wrote the file:
+
+    - ``params``: classical: every phase parameter, each within
+      :func:`monolayer.backends.classical.phase_bounds`; learned: ``threshold`` within
+      :data:`THRESHOLD_BOUNDS` (the model's other options are checked as segment checks them);
+    - ``weights_sha256``: null for classical, the weights' SHA-256 for a learned model;
+    - ``qc_reference`` (with ``qc_version`` equal to :data:`monolayer.qc.QC_VERSION`): present,
+      valid and naming a domain measure (see :func:`_check_reference`);
+    - ``calibration``: ``calibrated`` true or false (false: ``params`` must be the defaults,
+      else the file was edited), ``normalize`` and ``resize`` the images were calibrated under.
+    """
     from monolayer.records import strict_loads
 
     path = Path(path)
@@ -465,7 +519,7 @@ def read_params(path: Path) -> ParamsFile:
     try:
         raw = path.read_bytes()
         doc = strict_loads(raw.decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise DataError(f"{path}: cannot read parameters ({exc})",
                         "expected the JSON written by 'monolayer calibrate'") from None
     hint = "expected the JSON written by 'monolayer calibrate'"
@@ -479,9 +533,12 @@ def read_params(path: Path) -> ParamsFile:
     if model == "classical" and method != "phase":
         raise DataError(f"{path}: 'method' is {method!r:.40}; only the phase method is calibrated", hint)
     params = doc.get("params")
-    if not isinstance(params, dict):
-        raise DataError(f"{path}: 'params' is missing or not an object", hint)
+    if not isinstance(params, dict) or not params:
+        raise _fail(path, "'params'", "is missing, empty or not an object")
     weights = doc.get("weights_sha256")
+    if model == "classical" and weights is not None:
+        raise _fail(path, "'weights_sha256'", f"is {weights!r:.20}..., but the classical model has no weights "
+                    "(expected null)")
     if weights is not None and not (isinstance(weights, str) and re.fullmatch(r"[0-9a-f]{64}", weights)):
         raise DataError(f"{path}: 'weights_sha256' is {weights!r:.40}, not a SHA-256", hint)
     if model in THRESHOLD_MODELS and weights is None:
@@ -489,23 +546,92 @@ def read_params(path: Path) -> ParamsFile:
     if model == "classical":
         from monolayer.backends.classical import phase_params
 
-        phase_params(params, str(path))  # unknown or out-of-range values: refused here, naming the file
+        # Unknown, missing or out-of-range values: refused here, naming the file.
+        phase_params(params, str(path), complete=True)
     else:
         threshold = params.get("threshold")
+        low, high = THRESHOLD_BOUNDS
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) \
-                or not math.isfinite(threshold) or not 0.0 < threshold < 1.0:
-            raise DataError(f"{path}: 'threshold' is {threshold!r:.40}, expected a number in (0, 1)", hint)
-    reference = doc.get("qc_reference")
-    if reference is not None and not isinstance(reference, dict):
-        raise DataError(f"{path}: 'qc_reference' is not an object", hint)
-    return ParamsFile(str(path), hashlib.sha256(raw).hexdigest(), model, method, params, weights, reference)
+                or not (isinstance(threshold, int) or math.isfinite(threshold)) or not low <= threshold <= high:
+            raise DataError(f"{path}: 'threshold' is {threshold!r:.40}, expected a number in [{low}, {high}]",
+                            hint)
+    from monolayer import qc
+
+    version = doc.get("qc_version")
+    if version != qc.QC_VERSION:
+        raise _fail(path, "'qc_version'", f"is {_json(version)}, not {qc.QC_VERSION}: its qc_reference was "
+                    "measured differently from this version's")
+    reference = _check_reference(path, doc.get("qc_reference"))
+    block = doc.get("calibration")
+    if not isinstance(block, dict):
+        raise _fail(path, "'calibration'", "is missing or not an object")
+    calibrated = block.get("calibrated")
+    if not isinstance(calibrated, bool):
+        raise _fail(path, "'calibration.calibrated'", f"is {_json(calibrated)}, expected true or false")
+    normalize = block.get("normalize")
+    if normalize not in NORMALIZE_VALUES:
+        raise _fail(path, "'calibration.normalize'", f"is {_json(normalize)}, expected one of "
+                    f"{', '.join(NORMALIZE_VALUES)}")
+    resize = block.get("resize")
+    if resize is not None and (isinstance(resize, bool) or not isinstance(resize, int) or not 16 <= resize <= 10**5):
+        raise _fail(path, "'calibration.resize'", f"is {_json(resize)}, expected null or a whole number of "
+                    "pixels in [16, 100000]")
+    if not calibrated:
+        _check_defaults(path, model, params, block)
+    return ParamsFile(str(path), hashlib.sha256(raw).hexdigest(), model, method, params, weights, reference,
+                      normalize, resize)
 
 
-def file_layer(path: Path, spec: Any, flags: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any],
-                                                                      dict[str, Any], dict[str, Any] | None]:
-    """What ``segment --params FILE`` adds for model ``spec``: (option values for the "file"
-    layer of the precedence, extra constructor arguments, the provenance segment records,
-    the file's image-quality reference). A file made for another model is a usage error."""
+def _check_defaults(path: Path, model: str, params: dict[str, Any], block: dict[str, Any]) -> None:
+    """A file saying ``"calibrated": false`` holds the defaults (calibrate wrote them because the
+    fit did not beat them); tuned values next to it mean the file was edited: refused."""
+    if model == "classical":
+        from dataclasses import asdict
+
+        from monolayer.backends.phase import PhaseParams
+
+        defaults: dict[str, Any] = asdict(PhaseParams())
+    else:
+        default = block.get("default_threshold")
+        if isinstance(default, bool) or not isinstance(default, (int, float)):
+            raise _fail(path, "'calibration.default_threshold'", f"is {_json(default)}, expected a number")
+        defaults = {"threshold": default}
+    changed = sorted(k for k in defaults if params.get(k) != defaults[k])
+    if changed:
+        raise _fail(path, f"'params.{changed[0]}'", f"is {_json(params.get(changed[0]))}, but the file says "
+                    f"\"calibrated\": false (the defaults were kept, {changed[0]} {_json(defaults[changed[0]])}): "
+                    "the file was edited")
+
+
+@dataclass
+class FileLayer:
+    """What ``segment --params FILE`` adds to a model's setup."""
+
+    values: dict[str, Any]
+    """Option values for the "file" layer of the precedence (a learned model's threshold)."""
+    kwargs: dict[str, Any]
+    """Extra constructor arguments (the classical phase parameters)."""
+    provenance: dict[str, Any]
+    qc_reference: dict[str, Any]
+    file: ParamsFile
+
+    def check_input(self, normalize: str, resize: int | None) -> None:
+        """The run's resolved normalisation and resize must be the ones the file was calibrated
+        under: its values were fitted to images prepared that way (a threshold fitted on
+        percentile-stretched images means nothing on raw ones)."""
+        pf = self.file
+        for flag, wanted, got in (("--normalize", pf.normalize, normalize), ("--resize", pf.resize, resize)):
+            if wanted != got:
+                shown = "none" if got is None else got
+                raise UsageError(f"this run's {flag} {shown} differs from {pf.path}, calibrated with {flag} "
+                                 f"{'none (full size)' if wanted is None else wanted}",
+                                 f"drop {flag} (or give {flag} {wanted}), or calibrate again under it"
+                                 if wanted is not None else f"drop {flag}, or calibrate again under it")
+
+
+def file_layer(path: Path, spec: Any, flags: dict[str, Any]) -> FileLayer:
+    """What ``segment --params FILE`` adds for model ``spec``. A file made for another model is a
+    usage error; a value the model's own option checks refuse is a data error naming the file."""
     from monolayer.backends._spec import RUNTIME_NAMES
 
     pf = read_params(path)
@@ -517,10 +643,18 @@ def file_layer(path: Path, spec: Any, flags: dict[str, Any]) -> tuple[dict[str, 
         if flags.get("method", "phase") != "phase":
             raise UsageError(f"{path} holds parameters of the phase method, not --method {flags['method']}",
                              "drop --method or --params")
-        return {}, {"params": dict(pf.params)}, provenance, pf.qc_reference
+        return FileLayer({}, {"params": dict(pf.params)}, provenance, pf.qc_reference or {}, pf)
     names = {o.name for o in spec.segment_options} - set(RUNTIME_NAMES) - {"thresholds", "truth"}
-    foreign = sorted(set(pf.params) - names)
+    foreign = sorted(set(pf.params) - names, key=str)
     if foreign:
-        raise DataError(f"{path}: {foreign[0]!r} is not a {spec.name} option a parameters file may set",
+        raise DataError(f"{path}: {foreign[0]!r:.40} is not a {spec.name} option a parameters file may set",
                         "expected the JSON written by 'monolayer calibrate'")
-    return dict(pf.params), {}, provenance, pf.qc_reference
+    for name, value in pf.params.items():
+        option = spec.segment_option(name)
+        try:
+            problem = option.problem(value) if option is not None else None
+        except (OverflowError, TypeError, ValueError):
+            problem = f"{value!r:.40} is not a finite number"
+        if problem:
+            raise DataError(f"{path}: {name} {problem}", "expected the JSON written by 'monolayer calibrate'")
+    return FileLayer(dict(pf.params), {}, provenance, pf.qc_reference or {}, pf)

@@ -77,54 +77,85 @@ def canny_mask(image: np.ndarray, params: CannyParams = CannyParams()) -> np.nda
     return mask
 
 
-# The phase parameters a file may set: (kind, lowest, highest, None allowed).
-_PHASE_FIELDS: dict[str, tuple[type, float, float, bool]] = {
-    "window_sigma": (float, 0.3, 20.0, False),
-    "t_abs": (float, 0.0, 1.0, False),
-    "k_noise": (float, 0.0, 100.0, False),
-    "close_radius": (int, 0, 50, False),
-    "max_hole": (int, 0, 10**9, True),
-    "erode_radius": (int, 0, 50, False),
-    "halo_delta": (float, 0.0, 1.0, True),
-    "min_size": (int, 0, 10**9, False),
+# The phase parameters a file may set: (kind, lowest, highest, None allowed, lowest excluded).
+# Physical sense, not the search's ladders: the texture (a local standard deviation of an image
+# normalised to [0, 1]) never exceeds 0.5, so a threshold above it selects nothing, and a zero
+# threshold (with a zero noise factor) selects everything; windows and radii beyond a few cell
+# widths, or a minimum object size of a whole large image, measure nothing.
+_PHASE_FIELDS: dict[str, tuple[type, float, float, bool, bool]] = {
+    "window_sigma": (float, 0.5, 10.0, False, False),
+    "t_abs": (float, 0.0, 0.5, False, True),
+    "k_noise": (float, 0.0, 20.0, False, False),
+    "close_radius": (int, 0, 25, False, False),
+    "max_hole": (int, 0, 10**9, True, False),
+    "erode_radius": (int, 0, 25, False, False),
+    "halo_delta": (float, 0.0, 1.0, True, True),
+    "min_size": (int, 0, 10**7, False, False),
 }
 
 
-def phase_params(values: dict[str, Any], where: str = "phase parameters") -> Any:
+def phase_bounds() -> dict[str, str]:
+    """Each phase parameter's allowed values, as text (for the docs and error hints).
+
+    >>> phase_bounds()["t_abs"]
+    '(0.0, 0.5]'
+    """
+    out = {}
+    for name, (kind, low, high, nullable, open_low) in _PHASE_FIELDS.items():
+        text = f"{'(' if open_low else '['}{low}, {high}]"
+        out[name] = text + (" or null" if nullable else "")
+    return out
+
+
+def phase_params(values: dict[str, Any], where: str = "phase parameters", *, complete: bool = False) -> Any:
     """:class:`~monolayer.backends.phase.PhaseParams` from a mapping (e.g. a ``calibrate``
     file's ``params``): the given fields replace the defaults; an unknown field, a wrong
-    type or a value out of range is a :class:`DataError` naming ``where``.
+    type or a value out of range (:func:`phase_bounds`) is a :class:`DataError` naming
+    ``where``; with ``complete``, so is a missing field.
 
     >>> phase_params({"t_abs": 0.05}).t_abs
     0.05
-    >>> phase_params({"t_abs": 2}, "p.json")
+    >>> phase_params({"t_abs": 2}, "p.json")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    monolayer.errors.DataError: p.json: phase parameter 't_abs' is 2, outside [0.0, 1.0]
+    monolayer.errors.DataError: p.json: phase parameter 't_abs' is 2, outside (0.0, 0.5] ...
+    >>> phase_params({"min_size": 10**400}, "p.json")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    monolayer.errors.DataError: p.json: phase parameter 'min_size' is 1000...000, outside [0, 10000000] ...
     """
     import math
 
     from monolayer.backends.phase import PhaseParams
 
+    hint = "bounds: " + ", ".join(f"{k} {v}" for k, v in phase_bounds().items())
     if not isinstance(values, dict):
         raise DataError(f"{where}: phase parameters must be an object")
-    unknown = sorted(set(values) - set(_PHASE_FIELDS))
+    unknown = sorted(set(values) - set(_PHASE_FIELDS), key=str)
     if unknown:
-        raise DataError(f"{where}: unknown phase parameter {unknown[0]!r}",
+        raise DataError(f"{where}: unknown phase parameter {unknown[0]!r:.40}",
                         f"known: {', '.join(_PHASE_FIELDS)}")
+    missing = [name for name in _PHASE_FIELDS if name not in values]
+    if complete and missing:
+        raise DataError(f"{where}: phase parameter {missing[0]!r} is missing",
+                        "a parameters file names every phase parameter (as 'monolayer calibrate' writes it)")
     checked: dict[str, Any] = {}
     for name, value in values.items():
-        kind, low, high, nullable = _PHASE_FIELDS[name]
+        kind, low, high, nullable, open_low = _PHASE_FIELDS[name]
         if value is None and nullable:
             checked[name] = None
             continue
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not number or not math.isfinite(value) or (kind is int and not isinstance(value, int)):
+        # Compared as given (a huge JSON integer stays an exact int: no OverflowError).
+        finite = number and (isinstance(value, int) or math.isfinite(value))
+        if not finite or (kind is int and not isinstance(value, int)):
             expected = "a whole number" if kind is int else "a number"
             raise DataError(f"{where}: phase parameter {name!r} is {value!r:.40}, expected {expected}"
-                            + (" or null" if nullable else ""))
-        if not low <= value <= high:
-            raise DataError(f"{where}: phase parameter {name!r} is {value!r}, outside [{low}, {high}]")
+                            + (" or null" if nullable else ""), hint)
+        if not (low < value if open_low else low <= value) or not value <= high:
+            shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:4]}...{repr(value)[-3:]}"
+            raise DataError(f"{where}: phase parameter {name!r} is {shown}, outside {phase_bounds()[name]}",
+                            hint)
         checked[name] = kind(value)
     return PhaseParams(**checked)
 

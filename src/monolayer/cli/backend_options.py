@@ -37,10 +37,13 @@ class Merged:
     helps: dict[str, str] = field(default_factory=dict)
 
 
-def declared(command: str) -> dict[str, Merged]:
-    """Every option any backend declares for ``command`` ("segment" or "train"), by name."""
+def declared(command: str, models: tuple[str, ...] | None = None) -> dict[str, Merged]:
+    """Every option any backend (or any of ``models``) declares for ``command`` ("segment" or
+    "train"), by name."""
     merged: dict[str, Merged] = {}
     for spec in BACKENDS.values():
+        if models is not None and spec.name not in models:
+            continue
         for option in spec.segment_options if command == "segment" else spec.train_options:
             entry = merged.setdefault(option.name, Merged(option))
             entry.owners.append(spec.name)
@@ -86,16 +89,18 @@ def _annotation(command: str, entry: Merged) -> Any:
     return Annotated[kind | None, info]
 
 
-def with_backend_options(command: str, skip: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def with_backend_options(command: str, skip: tuple[str, ...] = (),
+                         models: tuple[str, ...] | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Give a command function (whose last parameter is ``**backend_options``) one typer
-    option per declared backend option, inserted before its ``quiet`` parameter."""
+    option per declared backend option (of ``models`` only, if given: the help then names
+    only them), inserted before its ``quiet`` parameter."""
 
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(func, eval_str=True)
         params = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
         added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
                                    annotation=_annotation(command, entry))
-                 for name, entry in declared(command).items() if name not in skip]
+                 for name, entry in declared(command, models).items() if name not in skip]
         at = next((i for i, p in enumerate(params) if p.name == "quiet"), len(params))
         params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]
         func.__signature__ = signature.replace(parameters=params[:at] + added + params[at:])  # type: ignore[attr-defined]
@@ -194,11 +199,13 @@ def setup_model(spec: BackendSpec, options: dict[str, Any], *, normalize: str = 
             provenance["thresholds"] = from_file.pop("_source")
     calibrated: dict[str, Any] = {}
     qc_reference = None
+    layer = None
     if params_file is not None:
         from monolayer.calibrate import file_layer
 
-        layer, calibrated, provenance["params_file"], qc_reference = file_layer(params_file, spec, flags)
-        from_file.update(layer)
+        layer = file_layer(params_file, spec, flags)
+        calibrated, provenance["params_file"], qc_reference = layer.kwargs, layer.provenance, layer.qc_reference
+        from_file.update(layer.values)
     sidecar = None
     if spec.needs_weights and flags.get("weights") and not ignore_sidecar:
         weights = Path(str(flags["weights"])).expanduser()
@@ -222,6 +229,8 @@ def setup_model(spec: BackendSpec, options: dict[str, Any], *, normalize: str = 
                 raise UsageError(f"{flag} {value} contradicts the checkpoint, which was trained with "
                                  f"{flag} {wanted} ({sidecar['path']})",
                                  "drop the flag, or pass --ignore-sidecar to use the checkpoint without it")
+    if layer is not None:  # the file's values were fitted under its normalisation and resize
+        layer.check_input(mode, resize)
     values = dict(resolved.values)
     kwargs: dict[str, Any] = {}
     if any(name in values for name in RUNTIME_NAMES):

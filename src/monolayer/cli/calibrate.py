@@ -11,16 +11,17 @@ import typer
 from monolayer.backends import BACKENDS
 from monolayer.cli.backend_options import with_backend_options
 from monolayer.cli.common import INPUT, MODEL, OUTPUT, cli_errors, say, say_warning
-from monolayer.errors import NoInputError, UsageError
+from monolayer.errors import NoInputError
 
 CALIBRATED = ("classical", "sam", "unet", "maskrcnn")
 ModelName = enum.Enum("CalibrateModel", {name: name for name in CALIBRATED}, type=str)
-# What calibrate fits (threshold) or cannot use (cellpose's own search has its own command).
-SKIPPED = ("threshold", "thresholds", "truth", "diameter", "flow_threshold", "cellprob_threshold")
+# What calibrate fits (threshold), or cannot vary: the classical method is always phase (canny
+# has nothing to calibrate). Options only other models take are not offered at all.
+SKIPPED = ("threshold", "thresholds", "truth", "method")
 
 
 @cli_errors
-@with_backend_options("segment", skip=SKIPPED)
+@with_backend_options("segment", skip=SKIPPED, models=CALIBRATED)
 def calibrate(
     inputs: Annotated[list[str], typer.Argument(help="Labelled images: files, folders, globs or -.",
                                                 show_default=False, metavar="INPUT...")],
@@ -29,13 +30,19 @@ def calibrate(
         "(matched by checksum, path or file-name stem, as in evaluate). Repeatable.",
         rich_help_panel=INPUT, show_default=False)],
     out: Annotated[Path, typer.Option(
-        "--out", "-o", help="Parameters file to write (JSON; read by 'segment --params FILE').",
+        "--out", "-o", help="Parameters file to write (JSON; read by 'segment --params FILE'). A new "
+        "file name: a folder, a symbolic link or one of the inputs is refused before any work.",
         rich_help_panel=OUTPUT, show_default=False)],
     model: Annotated[ModelName, typer.Option(
         "--model", "-m", help="classical: fit the phase method's parameters; sam, unet, maskrcnn: fit "
         "the probability threshold of the given --weights.", rich_help_panel=MODEL)] = ModelName.classical,
     page: Annotated[int, typer.Option("--page", min=0, help="Page of multi-page TIFFs.",
                                       rich_help_panel=INPUT)] = 0,
+    min_iou: Annotated[float, typer.Option(
+        "--min-iou", min=0.0, max=1.0, help="Refuse (exit 65, no file) when the mean IoU of what would "
+        "be written, estimated honestly (the fitted parameters' cross-validated IoU, or the defaults' "
+        "IoU when they are kept), is below this: the masks hardly overlap the labelled cells, so the "
+        "parameters measure nothing. 0 accepts anything.", rich_help_panel=OUTPUT)] = 0.2,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.",
                                         rich_help_panel=OUTPUT)] = False,
     **backend_options: Any,
@@ -62,11 +69,9 @@ def calibrate(
     from monolayer.io.inputs import expand_inputs
     from monolayer.records import RecordWriter
 
+    command.check_output(out, [], truth)  # a folder, a link, a missing folder: before any work
     spec = BACKENDS[model.value]
     setup = setup_model(spec, backend_options)
-    if model.value == "classical" and setup.kwargs.get("method", "phase") != "phase":
-        raise UsageError("calibrate fits the phase method; canny has no parameters to calibrate",
-                         "drop --method")
     items = list(expand_inputs(inputs, exclude=None))
     if not items:
         raise NoInputError("no input images", "name the labelled image files or folders")
@@ -76,7 +81,8 @@ def calibrate(
     from monolayer.calibrate import check_count
 
     check_count(len(items), say_warning)
-    images = command.labelled_images(items, truth, page)
+    # -o against every input and truth file, then the images (sizes, truth) before any fitting.
+    images = command.labelled_images(items, truth, page, out=out, min_side=spec.min_side)
     progress = None if quiet else (lambda message: say(f"calibrate: {message}"))
     if model.value == "classical":
         doc = command.calibrate_classical(images, normalize=setup.normalize, progress=progress)
@@ -88,7 +94,11 @@ def calibrate(
         model_params = {k: v for k, v in setup.kwargs.items() if k not in ("runtime", "threshold")}
         doc = command.calibrate_learned(backend, described, images, normalize=setup.normalize,
                                         resize=setup.resize, model_params=model_params, progress=progress)
+    command.assess(images, doc, say_warning, min_iou=min_iou)
     from monolayer.calibrate import write_params
 
     sha = write_params(out, doc)
-    RecordWriter().write(command.summary_record(doc, out, sha))
+    record = command.summary_record(doc, out, sha)
+    if not quiet:
+        say(f"calibrate: {command.summary_line(record)}")
+    RecordWriter().write(record)

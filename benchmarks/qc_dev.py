@@ -3,12 +3,14 @@
 The constants of :mod:`monolayer.qc` (thresholds and ``DEV_REFERENCE``) come from
 this script. For every image in ``/work/shared/data/real-dev`` (or ``--data``;
 LIVECell 704 x 520 8-bit phase contrast, Usiigaci 16-bit fibroblasts) it measures
-the original and six degraded versions, made in the stored dtype:
+the original and seven degraded versions, made in the stored dtype:
 
 * ``blur4``: Gaussian blur, sigma 4 px;
 * ``blur3n``: Gaussian blur, sigma 3 px, then the image's own pixel noise added back
   (a real defocused image keeps its camera noise);
 * ``overexposed``: scaled so that the 90th percentile reaches the dtype's top, clipped;
+* ``cliphot``: clipped at its own 95th percentile (below the dtype's top, as 12-bit data
+  in a 16-bit file clips at 4095), with two hot pixels at the dtype's top;
 * ``ramp``: multiplied by a left-to-right ramp 0.7 .. 1.3;
 * ``empty``: flat at the median, plus Gaussian noise of the image's noise sigma;
 * ``noise``: the median plus Gaussian noise of the image's standard deviation.
@@ -38,9 +40,9 @@ from scipy import ndimage as ndi
 
 from monolayer import qc
 
-VERSIONS = ("original", "blur4", "blur3n", "overexposed", "ramp", "empty", "noise")
+VERSIONS = ("original", "blur4", "blur3n", "overexposed", "cliphot", "ramp", "empty", "noise")
 EXPECTED = {"original": set(), "blur4": {"out_of_focus"}, "blur3n": {"out_of_focus"},
-            "overexposed": {"saturated"}, "ramp": {"uneven_illumination"}, "empty": {"no_texture"},
+            "overexposed": {"saturated"}, "cliphot": {"saturated"}, "ramp": {"uneven_illumination"}, "empty": {"no_texture"},
             "noise": {"no_texture"}}
 
 
@@ -61,6 +63,9 @@ def degrade(image: np.ndarray, version: str, rng: np.random.Generator) -> np.nda
         f = ndi.gaussian_filter(f, 3) + rng.normal(0, noise_sigma(image), f.shape)
     elif version == "overexposed":
         f = f * info.max / np.percentile(f, 90)
+    elif version == "cliphot":
+        f = np.minimum(f, np.percentile(f, 95))
+        f[0, 0] = f[-1, -1] = info.max  # two hot pixels above the clipping level
     elif version == "ramp":
         f = f * np.linspace(0.7, 1.3, f.shape[1])[None, :]
     elif version == "empty":

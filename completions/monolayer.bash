@@ -103,7 +103,7 @@ _monolayer() {
                 -o|--out) COMPREPLY=($(compgen -f -- "$cur")); return ;;
                 -m|--model) COMPREPLY=($(compgen -W "classical sam unet maskrcnn" -- "$cur")); return ;;
                 --page) COMPREPLY=(); return ;;
-                --method) COMPREPLY=($(compgen -W "phase canny" -- "$cur")); return ;;
+                --min-iou) COMPREPLY=(); return ;;
                 -w|--weights) COMPREPLY=(); return ;;
                 --device) COMPREPLY=($(compgen -W "auto cpu cuda mps" -- "$cur")); return ;;
                 --precision) COMPREPLY=($(compgen -W "auto fp32 bf16" -- "$cur")); return ;;
@@ -114,7 +114,7 @@ _monolayer() {
                 --points-per-side) COMPREPLY=(); return ;;
                 --score-threshold) COMPREPLY=(); return ;;
             esac
-            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-t --truth -o --out -m --model --page --method -w --weights --device --precision --batch-size --seed --mode --tile --points-per-side --score-threshold -q --quiet -h --help" -- "$cur"))
+            if [[ "$cur" == -* ]]; then COMPREPLY=($(compgen -W "-t --truth -o --out -m --model --page --min-iou -w --weights --device --precision --batch-size --seed --mode --tile --points-per-side --score-threshold -q --quiet -h --help" -- "$cur"))
             else COMPREPLY=($(compgen -f -- "$cur")); fi ;;
         growth)
             case "$prev" in

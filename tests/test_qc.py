@@ -132,7 +132,7 @@ def test_segment_records_carry_qc_and_flags(cli, examples, tmp_path):
     run = cli("segment", examples / "images", "-o", tmp_path / "o", "-q")
     assert run.code == 0, run.stderr
     for record in run.records:
-        assert set(record["qc"]) == {"clipped_low", "clipped_high", "noise", "contrast", "skew", "texture",
+        assert set(record["qc"]) == {"clipped_low", "clipped_high", "noise", "skew", "texture",
                                      "sharpness", "scale", "illumination"}
         assert record["flags"] == []
     rerun = cli("segment", examples / "images", "-o", tmp_path / "o", "-q", "--skip-existing")
@@ -171,6 +171,18 @@ def test_learned_models_without_params_get_no_domain_check():
     assert qc_reference(SegmentOptions(out=options.out, qc_reference=mine), changed) is mine
 
 
+def _default_params() -> dict:
+    from dataclasses import asdict
+
+    from monolayer.backends.phase import PhaseParams
+
+    return asdict(PhaseParams())
+
+
+# What a params file needs beside its parameters (as calibrate writes it; see test_calibrate.py).
+_CALIBRATION = {"calibration": {"calibrated": True, "normalize": "percentile", "resize": None}}
+
+
 def test_a_params_files_reference_triggers_unlike_calibration(cli, examples, tmp_path):
     """A reference made on 8x coarser images (another magnification) does not cover the
     examples: every record says so, and still has its number. (At 4x, one of the three
@@ -180,14 +192,16 @@ def test_a_params_files_reference_triggers_unlike_calibration(cli, examples, tmp
     reference = qc.reference_from([qc.measure(c, np.float32) for c in coarse])
     params = tmp_path / "params.json"
     params.write_text(json.dumps({"schema": "monolayer.params/1", "model": "classical", "method": "phase",
-                                  "params": {}, "qc_reference": reference, "qc_version": qc.QC_VERSION}))
+                                  "params": _default_params(), "qc_reference": reference, "qc_version": qc.QC_VERSION,
+                                  **_CALIBRATION}))
     run = cli("segment", examples / "images", "-o", tmp_path / "o", "-q", "--params", params)
     assert run.code == 0, run.stderr
     assert [r["flags"] for r in run.records] == [["unlike_calibration"]] * 3
     own = tmp_path / "own.json"
     own.write_text(json.dumps({"schema": "monolayer.params/1", "model": "classical", "method": "phase",
-                               "params": {}, "qc_reference": qc.reference_from(
-                                   [qc.measure(_example(n).astype(np.float32), np.uint16) for n in NAMES])}))
+                               "params": _default_params(), "qc_reference": qc.reference_from(
+                                   [qc.measure(_example(n).astype(np.float32), np.uint16) for n in NAMES]),
+                               "qc_version": qc.QC_VERSION, **_CALIBRATION}))
     run = cli("segment", examples / "images", "-o", tmp_path / "p", "-q", "--params", own)
     assert run.code == 0, run.stderr
     assert [r["flags"] for r in run.records] == [[]] * 3
@@ -250,3 +264,92 @@ def test_report_marks_lists_and_filters_flagged_images(cli, examples, tmp_path):
     assert "--exclude-flag any: left out 2 record(s)" in run.stderr
     run = cli("report", path, "-o", out, "--only-flag", "bad")
     assert run.code == 2 and "unknown flag 'bad'" in run.stderr
+
+
+# Review 13: clipping at a level, offset-invariant domain statistics, groups never vanish.
+
+
+def _ramp_image(levels: int = 4096, dtype=np.uint16) -> np.ndarray:
+    """Textured 12-bit-like data in a 16-bit container: cells on a background."""
+    rng = np.random.default_rng(3)
+    f = 1500 + 600 * ndi.gaussian_filter(rng.normal(0, 1, (256, 256)), 3) * 8 + rng.normal(0, 20, (256, 256))
+    return np.clip(np.round(f), 0, levels - 1).astype(dtype)
+
+
+def test_clipping_below_the_dtypes_top_is_found_despite_hot_pixels():
+    image = _ramp_image()
+    clip = np.percentile(image, 88)
+    clipped = np.minimum(image, clip).astype(np.uint16)
+    hot = clipped.copy()
+    hot[5, 7] = hot[200, 100] = 4200  # hot pixels above the clipping level
+    for x in (clipped, hot):
+        m = qc.measure(x.astype(np.float32), np.uint16)
+        assert m["clipped_high"] > 0.08 and "saturated" in qc.flags(m, None)
+    assert qc.measure(image.astype(np.float32), np.uint16)["clipped_high"] < qc.CLIPPED_MAX
+    low = np.maximum(image, np.percentile(image, 10)).astype(np.uint16)
+    low[0, 0] = 0  # a dead pixel below the clipping level
+    m = qc.measure(low.astype(np.float32), np.uint16)
+    assert m["clipped_low"] > 0.06 and "saturated" in qc.flags(m, None)
+
+
+def test_a_narrow_histogram_is_not_called_clipped():
+    """A few coarse levels (a low-contrast 8-bit image) fall off steeply: no pile-up."""
+    rng = np.random.default_rng(0)
+    narrow = np.round(120 + rng.normal(0, 0.6, (256, 256))).astype(np.uint8)
+    m = qc.measure(narrow.astype(np.float32), np.uint8)
+    assert max(m["clipped_low"], m["clipped_high"]) < qc.CLIPPED_MAX
+
+
+@pytest.mark.parametrize("shift, dtype", [(-128, np.int16), (-128.0, np.float32), (1000, np.uint16),
+                                          (0, np.float64)])
+def test_measures_do_not_depend_on_an_offset_or_the_dtype(image8, shift, dtype):
+    image = tifffile.imread(image8)
+    base = qc.measure(image.astype(np.float32), image.dtype)
+    moved = (image.astype(np.float64) + shift).astype(dtype)
+    measured = qc.measure(moved.astype(np.float32), moved.dtype)
+    for name in qc.DOMAIN:
+        assert measured[name] == pytest.approx(base[name], rel=2e-3), name
+    assert qc.flags(measured, qc.DEV_REFERENCE) == qc.flags(base, qc.DEV_REFERENCE) == []
+
+
+@pytest.mark.parametrize("value, dtype", [(0, np.uint8), (255, np.uint8), (7, np.uint16), (0.25, np.float32)])
+def test_a_flat_image_has_no_noise_not_an_absurd_one(value, dtype):
+    measured = qc.measure(np.full((96, 96), value, np.float32), dtype)
+    assert measured["noise"] == 0.0 and all(abs(v) <= 1 for v in measured.values())
+
+
+def test_any_matches_flags_this_version_does_not_know():
+    from monolayer.commands.stats import FlagFilter
+
+    future = {"flags": ["glare"]}
+    assert not FlagFilter(exclude=("any",)).keeps(future)
+    assert FlagFilter(only=("any",)).keeps(future)
+    assert FlagFilter(exclude=("saturated",)).keeps(future)
+    assert FlagFilter(exclude=("any",)).keeps({"flags": []})
+
+
+def test_stats_reports_a_group_the_filter_emptied(cli, tmp_path):
+    path = tmp_path / "seg.jsonl"
+    rows = [("a/1.tif", 0.5, []), ("a/2.tif", 0.7, ["glare"]), ("b/1.tif", 0.2, ["saturated"]),
+            ("b/2.tif", 0.3, ["out_of_focus"])]
+    path.write_text("".join(json.dumps({"image": i, "confluence": c, "flags": f}) + "\n" for i, c, f in rows))
+    run = cli("stats", path, "-f", "confluence", "--by", "image:dir", "--exclude-flag", "any")
+    assert run.code == 0, run.stderr
+    by_dir = {r["image:dir"]: r for r in run.records}
+    assert by_dir["a"]["n"] == 1 and by_dir["a"]["mean"] == pytest.approx(0.5)
+    assert by_dir["b"]["n"] == 0 and by_dir["b"]["mean"] is None
+    assert "every record of 1 group(s)" in run.stderr and "image:dir 'b'" in run.stderr
+    run = cli("stats", path, "-f", "confluence", "--by", "image:dir", "--exclude-flag", "any", "--format", "csv")
+    assert run.stdout.splitlines()[1:] == ["a,confluence,1,0.5,,0.5,0.5,0.5,0.0,0.5,0.5",
+                                           "b,confluence,0,,,,,,,,"]
+    run = cli("stats", path, "-f", "confluence", "--by", "image:dir")
+    assert [r["n"] for r in run.records] == [2, 2] and "group" not in run.stderr
+
+
+def test_report_says_when_the_filter_left_nothing(cli, examples, tmp_path):
+    path, records = _flagged_records(cli, examples, tmp_path)
+    records[2]["flags"] = ["from_a_later_version"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    run = cli("report", path, "-o", tmp_path / "r.html", "--exclude-flag", "any")
+    assert run.code == 66 and "--exclude-flag any left out all 3 segment record(s)" in run.stderr
+    assert not (tmp_path / "r.html").exists()

@@ -269,7 +269,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
         Field("method", STR_OR_NULL, "method within the backend"),
         Field("params", OBJECT, "the model's parameters; for every model also `normalize` (the input "
               "preprocessing), `resize`, `sources` (flag, file, sidecar or default, per parameter) and, "
-              "when used, `sidecar` / `thresholds` (the file and the weights it was made for)"),
+              "when used, `sidecar` / `thresholds` / `params_file` (the file, its SHA-256 and the weights it "
+              "was made for; a `--params` file must match the run's normalize and resize)"),
         Field("weights", STR_OR_NULL, "checkpoint name or path"),
         Field("weights_sha256", SHA_OR_NULL, "SHA-256 of the weights file"),
         Field("seconds", NUMBER, "time spent on this image"),
@@ -279,7 +280,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
               "uncertainty for that model)"),
         Field("generated_masks", COUNT, "sam auto: masks generated"),
         Field("qc", OBJECT, "image quality numbers measured on the input (see `flags` and "
-              "monolayer.qc): clipped_low, clipped_high, noise, contrast, skew, texture, sharpness, "
+              "monolayer.qc): clipped_low, clipped_high, noise, skew, texture, sharpness, "
               "scale, illumination"),
         Field("flags", _Strings("strings", "a list of strings"), "image quality and domain warnings: "
               "out_of_focus, saturated, uneven_illumination, no_texture, unlike_calibration; the number "
@@ -299,17 +300,29 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
         Field("folds", COUNT, "cross-validation folds (leave-one-out up to 6 images, else 5)"),
         Field("calibrated", BOOL, "true: the fitted parameters beat the defaults' error on these images "
               "in cross-validation and were kept; false: the defaults were kept"),
-        Field("cv_abs_confluence_error", FRACTION, "mean |confluence error| on held-out images, the whole "
-              "calibration (fit, and the choice of fitted or default) run without them: the honest "
-              "estimate"),
-        Field("cv_iou", FRACTION, "mean IoU on held-out images"),
-        Field("fit_cv_abs_confluence_error", FRACTION, "mean |confluence error| on held-out images of "
-              "parameters fitted without them (what the choice compares with the default's error)"),
+        Field("written", STR, "which parameters the file holds: fitted (calibrated true) or default"),
+        Field("cv_abs_confluence_error", FRACTION, "the headline estimate: mean |confluence error| on "
+              "held-out images of the calibration procedure that produced the file (nested "
+              "cross-validation: the fit and the choice of fitted or default redone without each image). "
+              "It estimates calibrating on images like these, not the written parameters themselves: for "
+              "those see fitted_params_cv_abs_confluence_error (written fitted) or "
+              "default_abs_confluence_error (written default)"),
+        Field("cv_iou", FRACTION, "mean IoU on held-out images, same procedure"),
+        Field("fitted_params_cv_abs_confluence_error", FRACTION, "the fitted parameters' own "
+              "cross-validated estimate: mean |confluence error| of each image under parameters fitted "
+              "on the others (no choice; what the choice compares with the defaults' error)"),
+        Field("fitted_params_cv_iou", FRACTION, "mean IoU, same estimate; calibrate refuses (exit 65) "
+              "when the IoU of what would be written is below --min-iou"),
         Field("default_abs_confluence_error", FRACTION, "mean |confluence error| of the default "
-              "parameters on the same images"),
+              "parameters on the same images (nothing fitted: an honest estimate of the defaults)"),
         Field("default_iou", FRACTION, "mean IoU of the default parameters on the same images"),
-        Field("train_abs_confluence_error", FRACTION, "mean |confluence error| of the final "
+        Field("train_abs_confluence_error", FRACTION, "mean |confluence error| of the written "
               "parameters on the images they were fitted on (optimistic)"),
+        Field("image_flags", OBJECT, "the calibration images with quality flags (monolayer.qc, no "
+              "reference): image -> flags; each is also warned about on stderr"),
+        Field("similar_images", COUNT, "pairs of calibration images that look like one field of view "
+              "(the same well, site and tile by name, or near-duplicate content): not independent, so "
+              "the cross-validated errors are optimistic; listed in the file and warned about"),
         Field("seconds", NUMBER, "time spent"),
     )),
     Kind("truth", "one per COCO image, from coco2mask", _COMMON + (

@@ -56,6 +56,10 @@ def report(
     if not (found.images or found.forecasts or found.failures):
         from monolayer.errors import NoInputError
 
+        if found.filtered_out:
+            raise NoInputError(f"nothing left to report: {chosen.describe()} left out all "
+                               f"{found.filtered_out} segment record(s)",
+                               "drop or change --exclude-flag/--only-flag to see them")
         raise NoInputError("no segment, growth or error records to report",
                            "give segment and/or growth JSON Lines")
     plot_png = None

@@ -48,7 +48,9 @@ app = typer.Typer(cls=_SummaryByDefault, help="Statistics of JSON Lines: summari
 ExcludeFlag = Annotated[list[str] | None, typer.Option(
     "--exclude-flag", help="Leave out records whose image-quality flags include NAME (out_of_focus, "
     "saturated, uneven_illumination, no_texture, unlike_calibration), or any flag with 'any'. "
-    "Repeatable. Records without flags (older or other records) are kept and counted on stderr.",
+    "Repeatable; 'any' also matches flag names this version does not know. Records without flags "
+    "(older or other records) are kept and counted on stderr. A group whose every record is left out "
+    "is still listed, with n 0 (and a warning).",
     rich_help_panel=INPUT, show_default=False, metavar="NAME")]
 OnlyFlag = Annotated[list[str] | None, typer.Option(
     "--only-flag", help="Keep only records flagged NAME (one of the --exclude-flag names), or with "
@@ -119,6 +121,11 @@ def stats(
     if grouped.error_records:
         say_warning(f"skipped {grouped.error_records} error record(s)")
     say_filtered(chosen, grouped.filtered_out, grouped.without_flags)
+    emptied = grouped.emptied()
+    if emptied:
+        names = "; ".join(", ".join(f"{k} {v!r:.60}" for k, v in g.items()) for g in emptied[:5])
+        say_warning(f"{chosen.describe()} left out every record of {len(emptied)} group(s), reported with n 0 "
+                    f"and no statistics: {names}" + (" ..." if len(emptied) > 5 else ""))
     results = list(grouped.results())
     keys = list(by or [])
     if output_format is Format.jsonl:

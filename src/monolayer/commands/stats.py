@@ -31,10 +31,13 @@ class FlagFilter:
     flag); ``exclude``: then drop a record carrying any of these (``any``: any flag).
     A record without a ``flags`` field (made before quality checks, or not a segment
     record) counts as unknown: dropped by ``only``, kept by ``exclude``, and counted, so
-    the caller can say so. Flags of other kinds (a growth forecast's) are not quality
-    flags and never match.
+    the caller can say so. ``any`` means any non-empty ``flags`` list, names this version
+    does not know (a later version's) included. Callers apply it to segment records only
+    (a growth forecast's flags are not quality flags).
 
     >>> FlagFilter(exclude=("any",)).keeps({"flags": ["saturated"]})
+    False
+    >>> FlagFilter(exclude=("any",)).keeps({"flags": ["a_later_versions_flag"]})
     False
     >>> FlagFilter(only=("out_of_focus",)).keeps({"flags": ["saturated", "out_of_focus"]})
     True
@@ -67,14 +70,12 @@ class FlagFilter:
         return bool(flags) if ANY_FLAG in names else bool(flags.intersection(names))
 
     def keeps(self, record: dict[str, Any]) -> bool:
-        from monolayer.qc import FLAGS
-
         if not self.active:
             return True
         raw = record.get("flags")
         if not isinstance(raw, list):
             return not self.only
-        flags = {f for f in raw if f in FLAGS}
+        flags = {str(f) for f in raw}  # a name this version does not know (a later one's) is still a flag
         if self.only and not self._matches(flags, self.only):
             return False
         return not (self.exclude and self._matches(flags, self.exclude))
@@ -120,15 +121,23 @@ class GroupedStats:
     """Records left out by the flag filter."""
     without_flags: int = 0
     """Records with no ``flags`` field while a flag filter was given."""
+    kept: dict[tuple[tuple[str, Any], ...], int] = field(default_factory=dict)
+    """Records kept per group (a group the flag filter emptied holds 0)."""
+
+    def emptied(self) -> list[dict[str, Any]]:
+        """The groups whose every record the flag filter left out (as {key: value})."""
+        return [dict(zip(self.by, (value for _, value in group))) for group, n in self.kept.items() if n == 0]
 
     def results(self) -> Iterator[dict[str, Any]]:
-        """One stats record per group and field; groups in order of first appearance."""
+        """One stats record per group and field; groups in order of first appearance. A group
+        whose every record the flag filter left out is still reported, with n 0 and null
+        statistics for every field: it never vanishes from the output."""
         for group, per_field in self.values.items():
             shown = dict(zip(self.by, (value for _, value in group)))
             for name in self.fields:
-                if name in per_field:
+                if name in per_field or self.kept.get(group) == 0:
                     what = f"field {name!r}" + "".join(f", {k} {v!r:.60}" for k, v in shown.items())
-                    yield new_record(KIND, **shown, field=name, **summarize(per_field[name], what))
+                    yield new_record(KIND, **shown, field=name, **summarize(per_field.get(name, []), what))
 
 
 def _kind_of(value: Any) -> str:
@@ -153,7 +162,8 @@ def collect(records: Iterable[tuple[str, int, dict[str, Any]]], by: list[str],
     is never dropped silently. A record lacking a field (or holding null)
     contributes nothing to it. A grouping key must hold a string, number,
     boolean or null, never an object or a list. ``flag_filter`` leaves records out by
-    their quality flags (counted in ``filtered_out``; error records are skipped first).
+    their quality flags (counted in ``filtered_out``; error records are skipped first); a
+    group it empties keeps its place (see :meth:`GroupedStats.results`).
     """
     keys = [parse_key(spec) for spec in by]
     result = GroupedStats(by=list(by), fields=list(fields or []))
@@ -166,12 +176,6 @@ def collect(records: Iterable[tuple[str, int, dict[str, Any]]], by: list[str],
         if "error" in record:
             result.error_records += 1
             continue
-        if flag_filter is not None and flag_filter.active:
-            result.without_flags += not isinstance(record.get("flags"), list)
-            if not flag_filter.keeps(record):
-                result.filtered_out += 1
-                continue
-        result.records += 1
         group = []
         for spec, (name, transform) in zip(by, keys):
             value = record.get(name)
@@ -180,6 +184,14 @@ def collect(records: Iterable[tuple[str, int, dict[str, Any]]], by: list[str],
                                 "to group by", "group by a field holding a string or number")
             group.append(group_key(key_value(record, name, transform)))
         per_field = result.values.setdefault(tuple(group), {})
+        result.kept.setdefault(tuple(group), 0)
+        if flag_filter is not None and flag_filter.active:
+            result.without_flags += not isinstance(record.get("flags"), list)
+            if not flag_filter.keeps(record):
+                result.filtered_out += 1
+                continue
+        result.records += 1
+        result.kept[tuple(group)] += 1
         names = [k for k in record if k not in by] if auto else result.fields
         for name in names:
             value = record.get(name)

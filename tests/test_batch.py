@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import random
 import signal
 import subprocess
@@ -330,7 +331,7 @@ def test_local_workers_do_not_run_the_main_script_again(tmp_path):
     marker = tmp_path / "rerun"
     script = tmp_path / "main_script.py"
     script.write_text(
-        "import sys\n"
+        "import os\n"
         "from pathlib import Path\n"
         "if __name__ != '__main__':\n"
         f"    Path({str(marker)!r}).write_text(__name__)\n"
@@ -338,10 +339,189 @@ def test_local_workers_do_not_run_the_main_script_again(tmp_path):
         "    from monolayer.backends import create_backend\n"
         "    from monolayer.executors import Executor, Recipe\n"
         "    pool = Executor('local', jobs=2, recipe=Recipe('classical'), backend=create_backend('classical'))\n"
-        "    pid = pool._pool.submit(__import__('os').getpid).result(timeout=120)\n"
+        "    with pool._local._ready:\n"
+        "        pool._local._start_worker()\n"
+        "    worker = pool._local._workers[0]\n"
+        "    assert worker.ready.wait(120), 'the worker did not start'\n"
         "    pool.close()\n"
-        "    print(pid != __import__('os').getpid())\n")
+        "    print(worker.process.pid != os.getpid(), worker.process.is_alive())\n")
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "True"
+    assert run.stdout.strip() == "True False"  # a worker of its own, ended by close()
     assert not marker.exists(), "a worker ran the main script again"
+
+
+def test_workers_start_only_for_chunks_this_process_is_not_about_to_take(cli, tmp_path, monkeypatch):
+    """A run whose images are all reused, or a run of one image, starts no worker process
+    (and so loads no model copy and waits for none); a batch starts them as chunks wait."""
+    from monolayer.executors import _LocalPool
+
+    started = []
+    original = _LocalPool._start_worker
+
+    def counted(self):
+        started.append(1)
+        return original(self)
+
+    monkeypatch.setattr(_LocalPool, "_start_worker", counted)
+    folder = make_folder(tmp_path / "images", 6, shape=(128, 128))
+    first = cli("segment", folder, "--out", tmp_path / "out", "--jobs", "3", "-q")
+    assert first.code == 0, first.stderr
+    assert len(started) <= 2  # never more than --jobs minus one (how many: see the next test)
+    started.clear()
+    again = cli("segment", folder, "--out", tmp_path / "out", "--jobs", "3", "--skip-existing", "-q")
+    assert again.code == 0, again.stderr
+    assert [r.get("reused") for r in again.records] == [True] * 6
+    assert started == []
+    one = cli("segment", folder / "img000.tif", "--out", tmp_path / "one", "--jobs", "4", "-q")
+    assert one.code == 0 and len(one.records) == 1 and "error" not in one.records[0], one.stderr
+    assert started == []
+
+
+def test_a_worker_is_started_for_each_chunk_nobody_is_free_to_take():
+    import queue
+    import threading
+
+    from monolayer.executors import Recipe, _LocalPool
+
+    took, release = queue.Queue(), threading.Event()
+
+    def run_here(chunk, options, model):
+        took.put(chunk)
+        release.wait(120)
+        return ["here"]
+
+    pool = _LocalPool(Recipe("classical"), 2, run_here, threading.Event(), None)
+    try:
+        first = pool.submit(None, [], None, {})
+        assert took.get(timeout=60) == [] and pool.started == 0  # this process took it
+        futures = [pool.submit(None, [], None, {})]
+        assert pool.started == 1  # nobody free: one worker (it is starting)
+        futures.append(pool.submit(None, [], None, {}))
+        assert pool.started == 2  # the starting one will take one chunk, not two
+        futures.append(pool.submit(None, [], None, {}))
+        assert pool.started == 2  # at most max_workers
+        release.set()
+        assert first.result(timeout=120) == ["here"]
+        assert all(f.result(timeout=300) in ([], ["here"]) for f in futures)
+    finally:
+        release.set()
+        pool.close(cancel=False)
+    assert not [w for w in pool._workers if w.process.is_alive()]
+
+
+SLOW_START = """
+import dataclasses, multiprocessing, os, time
+from pathlib import Path
+
+import monolayer.executors
+from monolayer.backends import BACKENDS
+from monolayer.backends.classical import ClassicalBackend
+
+MARKER = os.environ["SLOW_START_MARKER"]
+
+
+class SlowClassical(ClassicalBackend):
+    \"\"\"The classical method, but a worker process takes forever to build it; with
+    SLOW_START_PARENT set, each image also takes a while in the parent.\"\"\"
+
+    def __init__(self, **options):
+        if multiprocessing.parent_process() is not None:
+            Path(MARKER).write_text(str(os.getpid()))
+            if os.environ.get("SLOW_START_FAIL"):
+                raise RuntimeError("no model here")
+            time.sleep(600)
+        super().__init__(**options)
+
+    def predict(self, image):
+        if os.environ.get("SLOW_START_FAIL"):  # still at work when the worker fails
+            deadline = time.monotonic() + 120
+            while not Path(MARKER).exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        time.sleep(float(os.environ.get("SLOW_START_PARENT", "0")))
+        return super().predict(image)
+
+
+@dataclasses.dataclass(frozen=True)
+class SlowRecipe(monolayer.executors.Recipe):
+    \"\"\"A worker unpickling its recipe imports this module, so it knows the backend too.\"\"\"
+
+
+BACKENDS["slow"] = dataclasses.replace(BACKENDS["classical"], name="slow", target=f"{__name__}:SlowClassical")
+monolayer.executors.Recipe = SlowRecipe  # before the CLI imports it
+"""
+
+
+def run_slow_start(tmp_path: Path, n: int, parent_seconds: float, *args: str,
+                   fail: bool = False) -> tuple[subprocess.Popen, Path]:
+    """``monolayer segment`` of ``n`` images with the slow-starting backend (workers never
+    finish building it, or with ``fail`` cannot), records to a file."""
+    (tmp_path / "slow_start.py").write_text(SLOW_START)
+    folder = make_folder(tmp_path / "images", n, shape=(128, 128))
+    marker, records = tmp_path / "worker.pid", tmp_path / "records.jsonl"
+    code = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import slow_start\n"
+            "from monolayer.cli.app import main\n"
+            f"sys.argv = ['monolayer', 'segment', {str(folder)!r}, '--out', {str(tmp_path / 'out')!r}, "
+            f"'--model', 'slow', '-q', *{list(args)!r}]\n"
+            "main()\n")
+    env = {**os.environ, "SLOW_START_MARKER": str(marker), "SLOW_START_PARENT": str(parent_seconds),
+           "SLOW_START_FAIL": "1" if fail else ""}
+    with open(records, "wb") as handle:
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=handle, stderr=subprocess.PIPE,
+                                text=True, env=env)
+    return proc, marker
+
+
+def gone(pid: int) -> bool:
+    psutil = pytest.importorskip("psutil")
+    try:
+        process = psutil.Process(pid)
+        process.wait(timeout=30)
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.TimeoutExpired:
+        return process.status() == psutil.STATUS_ZOMBIE
+    return True
+
+
+def test_the_end_of_a_run_does_not_wait_for_a_worker_still_starting(tmp_path):
+    """The worker started for the second chunk is still building its backend (for ten
+    minutes) when this process has done every image: it is ended, not waited for, and
+    ending it is no failure worth a warning."""
+    proc, marker = run_slow_start(tmp_path, 4, 0.0, "--jobs", "2")
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert stderr == ""
+    records = read_records(tmp_path / "records.jsonl")
+    assert len(records) == 4 and not [r for r in records if "error" in r]
+    if marker.exists():  # the worker got as far as its backend before it was ended
+        assert gone(int(marker.read_text()))
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="POSIX signals")
+def test_sigterm_is_honoured_while_a_worker_is_starting(tmp_path):
+    proc, marker = run_slow_start(tmp_path, 200, 0.2, "--jobs", "2")
+    deadline = time.monotonic() + 120
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), "no worker started"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert stderr.splitlines()[-1] == ("monolayer: error: terminated by SIGTERM; "
+                                       "records written so far are complete")
+    assert gone(int(marker.read_text()))
+    assert len(read_records(tmp_path / "records.jsonl")) < 200
+
+
+def test_a_worker_that_cannot_start_is_one_warning_and_the_run_goes_on(tmp_path):
+    """Workers that fail to build their backend leave the run to the processes there are,
+    with every image done, and one line on stderr says so."""
+    proc, marker = run_slow_start(tmp_path, 30, 0.1, "--jobs", "3", fail=True)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert marker.exists()
+    records = read_records(tmp_path / "records.jsonl")
+    assert len(records) == 30 and not [r for r in records if "error" in r]
+    assert stderr.splitlines() == ["monolayer: warning: a worker process could not start (RuntimeError: no model "
+                                   "here); the run goes on with fewer processes"], stderr

@@ -214,3 +214,32 @@ def test_percentiles_from_a_histogram_equal_numpys(seed):
     for a in (rng.random(5000), rng.integers(-5, 5, 5000), rng.integers(0, 70_000, 5000)):
         a = a.astype(np.float32)
         assert _percentiles(a, 0.5, 99.5) == [float(v) for v in np.percentile(a, [0.5, 99.5])]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_percentiles_keep_the_sign_of_a_negative_zero(dtype):
+    """A -0.0 order statistic is numpy's -0.0, not the histogram's 0.0 (with or without +0.0
+    pixels beside it, whatever the share of them)."""
+    from monolayer.io.images import _percentiles
+
+    rng = np.random.default_rng(3)
+    for share in (0.001, 0.3, 0.9, 1.0):
+        a = rng.integers(0, 256, 5000).astype(dtype)
+        a[rng.random(5000) < share] = -0.0
+        a[rng.random(5000) < share / 2] = 0.0
+        qs = (0.0, 0.5, 25.0, 99.5)
+        got, ref = _percentiles(a, *qs), [float(v) for v in np.percentile(a, list(qs))]
+        assert got == ref and [np.signbit(v) for v in got] == [np.signbit(v) for v in ref]
+
+
+def test_percentiles_of_other_dtypes_are_numpys_without_a_warning():
+    """float16 (whose largest value is below 65535) and integer arrays: numpy's own numbers,
+    and no overflow warning (warnings are errors in this test suite)."""
+    from monolayer.io.images import _percentiles
+
+    rng = np.random.default_rng(4)
+    for a in (rng.integers(0, 2000, 5000).astype(np.float16), np.full(5000, 65504, np.float16),
+              rng.integers(0, 65536, 5000).astype(np.uint32), rng.integers(0, 256, 5000).astype(np.int64)):
+        qs = (0.5, 37.3, 99.5)
+        got, ref = _percentiles(a, *qs), [float(v) for v in np.percentile(a, list(qs))]
+        assert got == ref

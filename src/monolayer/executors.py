@@ -68,12 +68,6 @@ def run_chunk(recipe: Recipe, chunk: list[Job], options: SegmentOptions,
     return process_chunk(chunk, backend, options, model, model_lock=lock, cancel=_orphaned)
 
 
-def _warm_up(recipe: Recipe) -> int:
-    """A new worker's first task: build its backend now, not with its first chunk."""
-    worker_backend(recipe)
-    return os.getpid()
-
-
 @contextlib.contextmanager
 def _main_module_not_rerun() -> Iterator[None]:
     """Start spawned workers without running this program's main script again.
@@ -95,28 +89,79 @@ def _main_module_not_rerun() -> Iterator[None]:
         main.__file__ = path
 
 
-class _SharedQueue:
-    """Chunks shared between this process (one thread) and the worker processes.
+_STARTING = threading.Lock()
+
+
+def _worker_main(conn: Any, recipe: Recipe, parent: int) -> None:
+    """A local worker process: build the backend, say so, then segment each chunk it is sent."""
+    _init_local_worker(parent)
+    try:
+        worker_backend(recipe)
+    except Exception as exc:  # noqa: BLE001 -- told to the parent, which goes on without it
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            args = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            reply: tuple[str, Any] = ("done", run_chunk(*args))
+        except Exception as exc:  # noqa: BLE001 -- the chunk's error, reported by the parent
+            reply = ("error", exc)
+        try:
+            conn.send(reply)
+        except (EOFError, OSError):
+            return
+        except Exception as exc:  # noqa: BLE001 -- an exception that does not pickle
+            conn.send(("error", RuntimeError(f"{type(reply[1]).__name__}: {reply[1]}")))
+
+
+class _Worker:
+    """One worker process and its state: starting, idle, busy (holds a chunk) or gone."""
+
+    def __init__(self, process: Any, conn: Any) -> None:
+        self.process, self.conn = process, conn
+        self.state = "starting"
+        self.ready = threading.Event()
+        self.thread: threading.Thread | None = None
+
+
+class _LocalPool:
+    """Chunks shared between this process (one thread) and worker processes started as needed.
 
     Each chunk waits here until this process's thread or a ready worker takes it, so a
     slow-starting or busy worker never holds work this process could do, and no worker
-    is given more than one chunk at a time."""
+    is given more than one chunk at a time. A worker is started only when a chunk waits
+    that nobody is about to take (this process's thread busy, every started worker busy),
+    one per such chunk and at most ``max_workers``: a run whose images are all reused, or
+    one with a single chunk, starts none. Closing ends at once every worker that holds no
+    chunk, started or still starting (its backend half built is of no use any more)."""
 
-    def __init__(self, pool: Any, run_here: Callable[..., list[dict[str, Any]]], cancelled: threading.Event) -> None:
+    def __init__(self, recipe: Recipe | None, max_workers: int, run_here: Callable[..., list[dict[str, Any]]],
+                 cancelled: threading.Event, warn: Callable[[str], None] | None) -> None:
         import concurrent.futures
+        import multiprocessing
 
-        self._pool, self._run_here, self._cancelled = pool, run_here, cancelled
+        self._recipe, self._max_workers, self._run_here = recipe, max_workers, run_here
+        self._cancelled, self._warn = cancelled, warn
+        self._context = multiprocessing.get_context("spawn")
         self._queue: collections.deque[tuple[Any, tuple[Any, ...]]] = collections.deque()
-        self._ready_workers = 0
-        self._pool_broken = False
+        self._workers: list[_Worker] = []
+        self._here_free = True  # this process's thread holds no chunk
+        self._no_more_workers = False  # one could not start or died: go on with those there are
         self._closing = False
+        self._warned = False
         self._ready = threading.Condition()
         self._future = concurrent.futures.Future
         self._thread = threading.Thread(target=self._work_here, name="monolayer-local", daemon=True)
         self._thread.start()
 
-    def add_worker(self, warm_up: Any) -> None:
-        warm_up.add_done_callback(self._worker_free)
+    @property
+    def started(self) -> int:
+        """How many worker processes this pool has started."""
+        return len(self._workers)
 
     def submit(self, recipe: Recipe | None, chunk: list[Job], options: SegmentOptions,
                model: dict[str, Any]) -> Any:
@@ -124,57 +169,129 @@ class _SharedQueue:
         with self._ready:
             self._queue.append((future, (recipe, chunk, options, model)))
             self._ready.notify_all()
-        self._feed_workers()
+            takers = int(self._here_free) + sum(w.state in ("starting", "idle") for w in self._workers)
+            start = (len(self._queue) > takers and len(self._workers) < self._max_workers
+                     and not self._no_more_workers and not self._closing)
+            if start:
+                self._start_worker()
         return future
 
-    def _worker_free(self, done: Any) -> None:
-        with self._ready:
-            if done.cancelled() or done.exception() is not None:
-                # A worker that cannot start (or died) takes no more chunks: this process
-                # does them. The chunk it held, if any, already has its error.
-                self._pool_broken = True
-            else:
-                self._ready_workers += 1
-        self._feed_workers()
+    def _start_worker(self) -> None:
+        """Start one worker process and the thread that feeds it (with ``_ready`` held)."""
+        parent_end, child_end = self._context.Pipe()
+        process = self._context.Process(target=_worker_main, args=(child_end, self._recipe, os.getpid()),
+                                        name="monolayer-worker", daemon=True)
+        try:
+            with _STARTING, _main_module_not_rerun():
+                process.start()
+        except Exception as exc:  # noqa: BLE001 -- no process (out of memory, too many): go on without
+            parent_end.close()
+            self._no_more_workers = True
+            self._say_once(f"could not start a worker process ({type(exc).__name__}: {exc})")
+            return
+        finally:
+            child_end.close()
+        worker = _Worker(process, parent_end)
+        worker.thread = threading.Thread(target=self._feed, args=(worker,), name="monolayer-worker", daemon=True)
+        self._workers.append(worker)
+        worker.thread.start()
 
-    def _feed_workers(self) -> None:
-        # The pool is called with this queue's lock released: the pool's own thread calls
-        # back into this queue (_settled) and may hold its locks meanwhile.
+    def _say_once(self, what: str) -> None:
+        """One warning for the run (with ``_ready`` held), not when the run is ending anyway."""
+        if self._warned or self._closing or self._cancelled.is_set() or self._warn is None:
+            return
+        self._warned = True
+        self._warn(f"{what}; the run goes on with fewer processes")
+
+    def _receive(self, worker: _Worker) -> tuple[str, Any]:
+        """The worker's next message, or ``("died", exit code)`` once it is gone."""
+        from multiprocessing.connection import wait
+
+        while True:
+            if worker.conn.poll():
+                try:
+                    return worker.conn.recv()
+                except (EOFError, OSError):
+                    break
+                except Exception as exc:  # noqa: BLE001 -- a reply that does not unpickle
+                    return "error", RuntimeError(f"the worker's reply could not be read: {exc}")
+            if worker.process.sentinel in wait([worker.conn, worker.process.sentinel]) and not worker.conn.poll():
+                break
+        worker.process.join(1.0)
+        return "died", worker.process.exitcode
+
+    def _gone(self, worker: _Worker, what: str) -> None:
+        with self._ready:
+            worker.state = "gone"
+            self._no_more_workers = True
+            self._say_once(what)
+            self._ready.notify_all()
+
+    def _feed(self, worker: _Worker) -> None:
+        kind, value = self._receive(worker)
+        if kind != "ready":
+            why = value if kind == "failed" else f"it ended with exit code {value}"
+            self._gone(worker, f"a worker process could not start ({why})")
+            return
+        worker.ready.set()
         while True:
             with self._ready:
-                if not (self._queue and self._ready_workers > 0 and not self._pool_broken
-                        and not self._cancelled.is_set()):
-                    return
+                if worker.state == "ending":
+                    return  # closing: close() ends the process
+                worker.state = "idle"
+                while not self._queue and not self._closing:
+                    self._ready.wait()
+                if not self._queue:
+                    return  # closing: close() ends the process
                 future, args = self._queue.popleft()
-                if not future.set_running_or_notify_cancel():
-                    continue
-                self._ready_workers -= 1
+                worker.state = "busy"
+            if not future.set_running_or_notify_cancel():
+                continue
             try:
-                remote = self._pool.submit(run_chunk, *args)
-            except Exception as exc:  # the pool broke (a worker was killed) or was shut down
-                with self._ready:
-                    self._pool_broken = True
+                worker.conn.send(args)
+            except Exception as exc:  # noqa: BLE001 -- the worker is gone, or the chunk does not pickle
+                if isinstance(exc, (OSError, EOFError)):
+                    # Not sent, so not started: it goes back to the front of the queue.
+                    retry = self._future()
+                    self._relay(retry, future)
+                    with self._ready:
+                        self._queue.appendleft((retry, args))
+                        self._ready.notify_all()
+                    self._gone(worker, "a worker process ended unexpectedly")
+                    return
                 future.set_exception(exc)
                 continue
-            remote.add_done_callback(lambda remote, future=future: self._settled(remote, future))
+            kind, value = self._receive(worker)
+            if kind == "done":
+                future.set_result(value)
+            elif kind == "error":
+                future.set_exception(value)
+            else:
+                future.set_exception(RuntimeError(f"the worker process ended (exit code {value})"))
+                self._gone(worker, f"a worker process ended (exit code {value}); its images failed")
+                return
 
-    def _settled(self, remote: Any, future: Any) -> None:
-        if remote.cancelled():
-            future.cancel() or future.set_exception(RuntimeError("the worker's task was cancelled"))
-        elif remote.exception() is not None:
-            future.set_exception(remote.exception())
-        else:
-            future.set_result(remote.result())
-        self._worker_free(remote)
+    @staticmethod
+    def _relay(source: Any, target: Any) -> None:
+        def settle(done: Any) -> None:
+            if done.cancelled():
+                target.cancel() or target.set_exception(RuntimeError("the chunk was cancelled"))
+            elif done.exception() is not None:
+                target.set_exception(done.exception())
+            else:
+                target.set_result(done.result())
+        source.add_done_callback(settle)
 
     def _work_here(self) -> None:
         while True:
             with self._ready:
+                self._here_free = True
                 while not self._queue and not self._closing:
                     self._ready.wait()
                 if not self._queue:
                     return
                 future, (_, chunk, options, model) = self._queue.popleft()
+                self._here_free = False
             if not future.set_running_or_notify_cancel():
                 continue
             try:
@@ -183,20 +300,38 @@ class _SharedQueue:
                 future.set_exception(exc)
 
     def close(self, cancel: bool) -> None:
-        """Finish every queued chunk (or with ``cancel``, drop them) and end the thread; a
-        cancelled thread busy in one long computation is not waited for beyond the grace period."""
+        """Finish every queued chunk (or with ``cancel``, drop them), then end every worker.
+
+        A worker that holds no chunk (idle, or still starting) is ended at once, never
+        waited for; without ``cancel`` a worker busy with a chunk finishes it first (after
+        the last result the run has none). A cancelled thread busy in one long computation
+        is not waited for beyond the grace period."""
         with self._ready:
             self._closing = True
             if cancel:
                 while self._queue:
                     self._queue.popleft()[0].cancel()
             self._ready.notify_all()
+            # With chunks still queued, an idle worker may take one: it is ended after.
+            idle = [w for w in self._workers
+                    if cancel or w.state == "starting" or (w.state == "idle" and not self._queue)]
+            for worker in idle:
+                worker.state = "ending"  # takes no chunk from now on
+        _end_processes([w.process for w in idle], grace_s=CANCEL_GRACE_S)
         if not cancel:
             self._thread.join()
-            return
-        self._thread.join(CANCEL_GRACE_S)
-        if self._thread.is_alive():
-            _ABANDONED.append(self._thread)
+        else:
+            self._thread.join(CANCEL_GRACE_S)
+            if self._thread.is_alive():
+                _ABANDONED.append(self._thread)
+        for worker in self._workers:
+            if worker.thread is not None:
+                # A busy worker finishes its chunk (or, cancelled, is ended already).
+                worker.thread.join(None if not cancel else CANCEL_GRACE_S)
+        _end_processes([w.process for w in self._workers], grace_s=CANCEL_GRACE_S)
+        for worker in self._workers:
+            if worker.thread is None or not worker.thread.is_alive():
+                worker.conn.close()
 
 
 class _Orphaned:
@@ -260,13 +395,15 @@ class Executor:
     """Submit chunks, get results back in submission order, at most ``window`` in flight."""
 
     def __init__(self, kind: str = "local", jobs: int = 1, scheduler: str | None = None,
-                 recipe: Recipe | None = None, backend: Backend | None = None) -> None:
+                 recipe: Recipe | None = None, backend: Backend | None = None,
+                 warn: Callable[[str], None] | None = None) -> None:
+        """``warn`` is told (once) when a local worker could not start or died and the run
+        goes on with fewer processes."""
         check_executor(kind, jobs, scheduler)
         self.kind, self.jobs, self.recipe, self.backend = kind, max(1, jobs), recipe, backend
-        self._pool: Any = None
         self._client: Any = None
         self._threads: Any = None
-        self._shared: _SharedQueue | None = None
+        self._local: _LocalPool | None = None
         self._model_lock = threading.Lock()
         # Set when the run is cancelled: the in-process I/O thread then writes no more.
         self._cancelled = threading.Event()
@@ -274,27 +411,18 @@ class Executor:
             self._client = _dask_client(scheduler or "")
             self.window = 2 * max(1, sum(self._client.nthreads().values()))
         elif self.jobs > 1:
-            import concurrent.futures
-            import multiprocessing
-
             # Share the cores: N workers x all-cores BLAS/torch threads would thrash. Set
-            # before the workers start (they inherit it), since BLAS reads it when loaded.
+            # before any worker starts (they inherit it), since BLAS reads it when loaded.
             threads = str(max(1, (os.cpu_count() or 1) // self.jobs))
             for name in THREAD_VARIABLES:
                 os.environ.setdefault(name, threads)
-            # This process is one of the N (it has its backend already), so N - 1 worker
-            # processes. spawn, not fork: a forked copy of a process that has started torch's
-            # or BLAS's threads can deadlock. They are started now, each building its backend
-            # at once, so their start-up overlaps this process's own work instead of delaying
-            # the first chunks; a chunk goes to a worker only once it is ready.
+            # This process is one of the N (it has its backend already), with up to N - 1
+            # worker processes, each started only when a chunk waits that nobody is free to
+            # take (so a run with little or nothing to compute starts none). spawn, not
+            # fork: a forked copy of a process that has started torch's or BLAS's threads
+            # can deadlock. A chunk goes to a worker only once its backend is built.
             assert backend is not None, "a local pool works in this process too: give it the backend"
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.jobs - 1, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_local_worker, initargs=(os.getpid(),))
-            self._shared = _SharedQueue(self._pool, self._run_here, self._cancelled)
-            with critical(), _main_module_not_rerun():
-                for _ in range(self.jobs - 1):
-                    self._shared.add_worker(self._pool.submit(_warm_up, recipe))
+            self._local = _LocalPool(recipe, self.jobs - 1, self._run_here, self._cancelled, warn)
             self.window = 2 * self.jobs
         else:
             import concurrent.futures
@@ -312,11 +440,11 @@ class Executor:
     def submit(self, chunk: list[Job], options: SegmentOptions, model: dict[str, Any]) -> Any:
         if self._client is not None:
             return self._client.submit(run_chunk, self.recipe, chunk, options, model, pure=False)
-        if self._shared is not None:
+        if self._local is not None:
             # Uninterrupted: a signal inside submit could leave a started worker the pool
             # does not know of yet, which close() would then not end.
             with critical():
-                return self._shared.submit(self.recipe, chunk, options, model)
+                return self._local.submit(self.recipe, chunk, options, model)
         assert self.backend is not None and self._threads is not None
         return self._threads.submit(process_chunk, chunk, self.backend, options, model, self._model_lock,
                                     cancel=self._cancelled)
@@ -337,7 +465,8 @@ class Executor:
     def close(self, cancel: bool = False) -> None:
         """Finish (or with ``cancel``, stop) all work. Either way no worker of this
         machine is left running or writing when it returns, so the caller may release
-        the output folder's lock. Signals wait until local work has stopped."""
+        the output folder's lock. Signals wait until local work has stopped; a worker
+        that holds no chunk (one still starting included) is ended, not waited for."""
         with critical():
             if self._threads is not None:
                 if not cancel:
@@ -354,14 +483,11 @@ class Executor:
                         if thread.is_alive():
                             _ABANDONED.append(thread)
                 self._threads = None
-            if self._pool is not None:
-                assert self._shared is not None
+            if self._local is not None:
                 if cancel:
                     self._cancelled.set()
-                    _end_processes(list(getattr(self._pool, "_processes", {}).values()))
-                self._shared.close(cancel)
-                self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
-                self._pool = None
+                self._local.close(cancel)
+                self._local = None
         if self._client is not None:  # a remote cluster: not waited for with signals held
             self._client.close()
             self._client = None

@@ -188,7 +188,7 @@ def segment(
                                          f"{job.stem}.overlay.png" if overlay else ""))
         journal = Journal(out, "segment")
         pool = Executor(executor.value, jobs=jobs, scheduler=scheduler,
-                        recipe=Recipe(model.value, portable(options)), backend=backend)
+                        recipe=Recipe(model.value, portable(options)), backend=backend, warn=say_warning)
         failed = False
         reused = 0
         try:

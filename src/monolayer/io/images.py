@@ -491,25 +491,37 @@ def normalize(gray: np.ndarray) -> np.ndarray:
 
 
 def _percentiles(a: np.ndarray, *qs: float) -> list[float]:
-    """``np.percentile(a, qs)`` (linear method) of a float array, bit for bit; from a
-    histogram when every value is an integer in 0..65535 (8- and 16-bit images), which
-    is several times faster than numpy's partition of the whole image.
+    """``[float(v) for v in np.percentile(a, qs)]`` (linear method), bit for bit, -0.0
+    included; from a histogram when ``a`` is a float32 or float64 array of at least 4096
+    values that are all integers in 0..65535 (8- and 16-bit images, as :func:`normalize`
+    gets them), which is several times faster than numpy's partition of the whole image.
+    Anything else (other dtypes, fractions, negatives, NaN, a -0.0 pixel) is numpy's own.
 
     The two order statistics around each virtual index come from the cumulative counts;
     the interpolation repeats numpy's ``_lerp`` in float64 (exact integers, so the
-    float32 differences numpy takes are exact too).
+    differences numpy takes are exact too).
 
-    >>> x = np.array([[3, 0, 255], [7, 7, 1]], dtype=np.float32)
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.integers(0, 256, (64, 80)).astype(np.float32)   # 5120 pixels: the histogram
     >>> _percentiles(x, 0.5, 50, 99.5) == [float(v) for v in np.percentile(x, [0.5, 50, 99.5])]
     True
+    >>> x[x < 9] = -0.0   # numpy keeps the sign of a -0.0 order statistic (here, at 0.5)
+    >>> [str(v) for v in _percentiles(x, 0, 0.5)], [str(v) for v in np.percentile(x, [0, 0.5])]
+    (['0.0', '-0.0'], ['0.0', '-0.0'])
     """
-    if a.size < 4096:
+    def numpys() -> list[float]:
         return [float(v) for v in np.percentile(a, list(qs))]
-    if not (a.min() >= 0 and a.max() <= 65535):  # also keeps the cast below free of overflow
-        return [float(v) for v in np.percentile(a, list(qs))]
+
+    if a.size < 4096 or a.dtype not in (np.float32, np.float64):
+        return numpys()  # small (no gain), or a dtype whose arithmetic numpy does its own way
+    low, high = a.min(), a.max()
+    if not (low >= 0 and high <= 65535):  # also keeps the cast below free of overflow (and NaN)
+        return numpys()
+    if low == 0 and np.signbit(a).any():
+        return numpys()  # a -0.0 pixel: the histogram cannot tell it from 0.0
     integers = a.astype(np.uint16)
     if not np.array_equal(integers, a):
-        return [float(v) for v in np.percentile(a, list(qs))]
+        return numpys()
     cumulative = np.cumsum(np.bincount(integers.ravel()))
     n = a.size
     out = []

@@ -67,6 +67,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--per-line", action=argparse.BooleanOptionalAction, default=True,
                         help="also calibrate per LIVECell cell line")
+    parser.add_argument("--exclude", action="append", default=[], metavar="TEXT",
+                        help="leave out images whose name contains TEXT (repeatable), e.g. "
+                        "MCF7_Phase_H4, whose labels miss whole cell-covered regions")
     args = parser.parse_args()
 
     from monolayer.backends.classical import phase_params
@@ -77,7 +80,8 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     per_line: dict[tuple[str, str], list[float]] = defaultdict(list)
     for source in args.sources.split(","):
-        images = load_source(args.data, source)
+        images = [x for x in load_source(args.data, source)
+                  if not any(text in Path(x.name).name for text in args.exclude)]
         default = scores(images, PhaseParams())
         for k in ks:
             for seed in range(args.splits):

@@ -96,10 +96,9 @@ RUNTIME_OPTIONS = (
            "into the cache (see 'monolayer models').", metavar="FILE|NAME", short="-w"),
     Option("device", str, "Where to run; an unavailable device is an error.", default="auto",
            choices=("auto", "cpu", "cuda", "mps"), panel="Hardware"),
-    Option("precision", str, "fp32, bf16, or auto (bf16 where the device computes it natively: a GPU "
-           "with bf16, a CPU with AVX-512 BF16 or AMX; else fp32). fp32 stays the default until bf16's "
-           "faithfulness is shown (issue 12).",
-           default="fp32", choices=("auto", "fp32", "bf16"), panel="Hardware"),
+    Option("precision", str, "auto (bf16 where the device computes it natively: a GPU with bf16, a CPU "
+           "with AVX-512 BF16 or AMX; else fp32), fp32 or bf16. params.precision records what ran.",
+           default="auto", choices=("auto", "fp32", "bf16"), panel="Hardware"),
     Option("batch_size", int, "Images per forward pass.", default=1, min=1, panel="Hardware"),
     Option("seed", int, "Random seed.", default=0, panel="Hardware"),
 )
@@ -112,7 +111,7 @@ class RuntimeOptions:
 
     weights: str | None = None
     device: str = "auto"
-    precision: str = "fp32"
+    precision: str = "auto"
     seed: int = 0
     batch_size: int = 1
 

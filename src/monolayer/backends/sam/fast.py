@@ -3,39 +3,85 @@
 segment-anything's ``Attention.forward`` builds the whole (tokens x tokens) score
 matrix per head, adds the decomposed relative-position bias, soft-maxes it and
 multiplies by V: four passes over 4096 x 4096 per head in each global block of a
-1024 x 1024 image. Here the bias is passed as ``attn_mask`` to
-``torch.nn.functional.scaled_dot_product_attention`` (segment-anything-fast's
-approach), whose fused kernel does the scale, bias, softmax and product in one
-pass, over blocks of query rows so the bias never exists for the whole grid at
-once. Same parameters, same maths: the state dict is untouched and the library is
-never edited; each ``Attention`` instance gets this forward bound to it.
+1024 x 1024 image, each pass a freshly allocated 400 MB (bf16) array. Here the bias
+is passed as ``attn_mask`` to ``torch.nn.functional.scaled_dot_product_attention``
+(segment-anything-fast's approach), whose fused kernel does the scale, bias,
+softmax and product in one pass, over blocks of query rows: the bias of one block
+is written into one reused buffer, so it never exists for the whole grid at once.
+Q, K and V are strided views of the ``qkv`` projection (no copies) and the output
+is written in the token-major layout ``proj`` reads.
+
+Same parameters, same maths: the state dict is untouched and the library is never
+edited; each ``Attention`` instance gets this forward bound to it. In fp32 the
+output equals the library's within float rounding (about 1e-6). In bf16 the two
+round at different points (the library rounds the raw scores, each bias addition
+and the probabilities to bf16; the fused kernel keeps them in fp32), so they
+differ by bf16's own resolution, each about as far from the fp32 result as the
+other (``tests/test_sam_speed.py``; ``benchmarks/sam_speed.py``). Matching the
+library's bf16 bit for bit is possible only by repeating its four passes (blocked
+over query rows, that reproduces it exactly), which costs the speed this gains.
 """
 
 from __future__ import annotations
 
+import math
+import threading
 import types
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-# Query tokens per SDPA call: bounds the bias block to heads x 1024 x tokens
-# (48 MiB per head-batch in fp32 for a 64 x 64 grid) instead of the whole matrix.
+# Query tokens per SDPA call in a global block: the bias block is heads x 1024 x tokens
+# (96 MiB for ViT-B in bf16), written into one buffer reused by every block and call.
 QUERY_BLOCK = 1024
+_SCRATCH = threading.local()
+
+
+def _bias_buffer(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A scratch array of ``shape`` in ``like``'s dtype and device, one per thread, reused
+    from call to call: a fresh 96 MiB array costs more in page faults than the bias add
+    that fills it. Kept while its dtype, device and inference mode still fit."""
+    numel = math.prod(shape)
+    buffer = getattr(_SCRATCH, "bias", None)
+    if (buffer is None or buffer.numel() < numel or buffer.dtype != like.dtype or buffer.device != like.device
+            or buffer.is_inference() != torch.is_inference_mode_enabled()):
+        buffer = _SCRATCH.bias = None  # let the old one go before the new one is allocated
+        buffer = _SCRATCH.bias = like.new_empty(numel)
+    return buffer[:numel].view(shape)
 
 
 def _rel_pos_terms(q: torch.Tensor, module: Any, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """segment-anything's decomposed relative-position terms ``rel_h`` (B, H, W, H) and
-    ``rel_w`` (B, H, W, W) for queries ``q`` (B, H*W, C), exactly as ``add_decomposed_rel_pos``."""
+    """segment-anything's decomposed relative-position terms for queries ``q`` (..., H*W, C):
+    ``rel_h`` (..., H, W, H) and ``rel_w`` (..., H, W, W), as ``add_decomposed_rel_pos``
+    computes them, contiguous and in ``q``'s dtype (the dtype SDPA wants for its mask)."""
     from segment_anything.modeling.image_encoder import get_rel_pos
 
     h, w = size
     rh = get_rel_pos(h, h, module.rel_pos_h)
     rw = get_rel_pos(w, w, module.rel_pos_w)
-    r_q = q.reshape(q.shape[0], h, w, q.shape[-1])
-    rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, rh)
-    rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, rw)
-    return rel_h, rel_w
+    r_q = q.reshape(*q.shape[:-2], h, w, q.shape[-1])
+    rel_h = torch.einsum("...hwc,hkc->...hwk", r_q, rh)
+    rel_w = torch.einsum("...hwc,wkc->...hwk", r_q, rw)
+    return rel_h.to(q.dtype).contiguous(), rel_w.to(q.dtype).contiguous()
+
+
+def _small_bias(rel_h: torch.Tensor, rel_w: torch.Tensor) -> torch.Tensor:
+    """``rel_h[..., None] + rel_w[..., None, :]`` for a small grid, as one matrix product.
+
+    The broadcast add runs 14-element inner loops on a 14 x 14 window; the product of
+    ``[rel_h, rel_w]`` with the 0/1 matrix that picks (row, column) computes every sum
+    as ``1 * a + 1 * b`` in fp32 and rounds it once: the same numbers, bit for bit,
+    several times faster.
+    """
+    h, w = rel_h.shape[-1], rel_w.shape[-1]
+    if h + w > 64:  # the product's cost grows with h + w; the add's inner loop does too
+        return torch.add(rel_h[..., None], rel_w[..., None, :])
+    picks = torch.zeros(h + w, h, w, dtype=rel_h.dtype, device=rel_h.device)
+    idx = torch.arange(max(h, w), device=rel_h.device)
+    picks[idx[:h], idx[:h], :] = 1
+    picks[h + idx[:w], :, idx[:w]] = 1
+    return torch.matmul(torch.cat([rel_h, rel_w], -1), picks.view(h + w, h * w))
 
 
 def attention_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
@@ -43,22 +89,32 @@ def attention_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     b, h, w, _ = x.shape
     n = h * w
     heads = self.num_heads
-    qkv = self.qkv(x).reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.reshape(3, b * heads, n, -1).unbind(0)
+    qkv = self.qkv(x).view(b, n, 3, heads, -1)
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (b, heads, n, c) views
     if not self.use_rel_pos:
         out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
     else:
         rel_h, rel_w = _rel_pos_terms(q, self, (h, w))
         rows = max(1, QUERY_BLOCK // w)  # whole rows of the token grid per block
-        parts = []
-        for r0 in range(0, h, rows):
-            r1 = min(h, r0 + rows)
-            bias = (rel_h[:, r0:r1, :, :, None] + rel_w[:, r0:r1, :, None, :]).reshape(b * heads, (r1 - r0) * w, n)
-            parts.append(F.scaled_dot_product_attention(q[:, r0 * w: r1 * w], k, v, attn_mask=bias.to(q.dtype),
-                                                        scale=self.scale))
-        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-    out = out.view(b, heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
-    return self.proj(out)
+        if rows >= h:  # a window (or a small grid): one call
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=_small_bias(rel_h, rel_w).view(b, heads, n, n),
+                                                 scale=self.scale)
+        else:
+            # SDPA's own output layout, (b, n, heads, c) in memory: the reshape for proj is free.
+            out = q.new_empty(b, n, heads, q.shape[-1]).transpose(1, 2)
+            differentiable = torch.is_grad_enabled() and q.requires_grad  # out= has no gradient
+            buffer = None if differentiable else _bias_buffer((b, heads, rows, w, h, w), q)
+            for r0 in range(0, h, rows):
+                r1 = min(h, r0 + rows)
+                if buffer is None:
+                    bias = rel_h[:, :, r0:r1, :, :, None] + rel_w[:, :, r0:r1, :, None, :]
+                else:
+                    bias = buffer[:, :, : r1 - r0]
+                    torch.add(rel_h[:, :, r0:r1, :, :, None], rel_w[:, :, r0:r1, :, None, :], out=bias)
+                out[:, :, r0 * w: r1 * w] = F.scaled_dot_product_attention(
+                    q[:, :, r0 * w: r1 * w], k, v, attn_mask=bias.view(b, heads, (r1 - r0) * w, n),
+                    scale=self.scale)
+    return self.proj(out.transpose(1, 2).reshape(b, h, w, -1))
 
 
 def install(model: Any) -> int:
@@ -72,6 +128,38 @@ def install(model: Any) -> int:
             module.forward = types.MethodType(attention_forward, module)
             patched += 1
     return patched
+
+
+def prepare_for_autocast(model: Any, dtype: torch.dtype) -> int:
+    """Ready the image encoder to run under autocast to ``dtype`` (bf16): faster, and closer
+    to fp32 than plain autocast. Returns how many layers were stored in ``dtype``.
+
+    * The transformer blocks' ``Linear`` weights and biases are stored in ``dtype``:
+      autocast casts exactly these to ``dtype`` on every call (a fresh copy of 85 M
+      parameters per image); stored already cast, the same numbers go in without the copy.
+    * The patch embedding and the neck run in fp32 (1 % of the FLOPs): under plain
+      autocast the image is rounded to 8 significant bits before the first convolution,
+      and the neck's ``LayerNorm2d`` (plain tensor ops, which autocast leaves alone)
+      takes its means and variances in bf16 arithmetic; these two are a third of
+      bf16's error on the prob map (measured on the example images).
+
+    The encoder then runs only under autocast to ``dtype``.
+    """
+    encoder = model.image_encoder
+    for module in (encoder.patch_embed, encoder.neck):
+        module.forward = types.MethodType(_fp32_forward, module)
+    converted = 0
+    for module in encoder.blocks.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.to(dtype)
+            converted += 1
+    return converted
+
+
+def _fp32_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    """The module's own forward in fp32, autocast off."""
+    with torch.autocast(x.device.type, enabled=False):
+        return type(self).forward(self, x.float())
 
 
 def uninstall(model: Any) -> None:

@@ -35,6 +35,7 @@ import torch
 from monolayer.backends._base import Prediction
 from monolayer.backends._torch import RuntimeOptions, TorchBackend
 from monolayer.backends.sam.fast import install as install_fast_attention
+from monolayer.backends.sam.fast import prepare_for_autocast
 from monolayer.errors import DataError, UsageError
 from monolayer.weights import load_state_dict, load_strict
 
@@ -155,6 +156,9 @@ class SamBackend(TorchBackend):
         if self.autocast_dtype is not None:
             # The automatic mask generator turns the decoder's outputs into numpy: no bfloat16 there.
             self.model.mask_decoder.register_forward_hook(_outputs_to_float32)
+            # The encoder only ever runs under autocast here: block weights stored cast, its two
+            # ends (patch embedding, neck) in fp32.
+            prepare_for_autocast(self.model, self.autocast_dtype)
         self.resize = ResizeLongestSide(IMAGE_SIZE)
         self.mode = mode
         self.threshold = threshold

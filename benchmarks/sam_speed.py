@@ -67,9 +67,16 @@ def gemm_rate(dtype: torch.dtype, repeats: int = 20) -> float:
 
 def build_vit_b() -> Any:
     """A random ViT-B SAM with random relative-position tables."""
+    return random_sam(VIT_B)
+
+
+def random_sam(shape: tuple[int, int, int, tuple[int, ...]]) -> Any:
+    """A SAM of ``shape`` (embed dim, depth, heads, global blocks) with random weights and
+    random relative-position tables (segment-anything initialises those to zero, which
+    would leave the attention bias untested), built by segment-anything's own builder."""
     from segment_anything.build_sam import _build_sam
 
-    dim, depth, heads, glob_idx = VIT_B
+    dim, depth, heads, glob_idx = shape
     torch.manual_seed(0)
     model = _build_sam(encoder_embed_dim=dim, encoder_depth=depth, encoder_num_heads=heads,
                        encoder_global_attn_indexes=glob_idx).eval()

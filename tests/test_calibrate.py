@@ -283,6 +283,23 @@ def test_unet_threshold_is_calibrated_and_applied(cli, labelled: Path, tmp_path:
     assert classical.code == 2 and "--model unet" in classical.stderr
 
 
+def test_a_sam_threshold_file_is_applied_by_segment(cli, labelled: Path, tmp_path: Path, sensitive_sam) -> None:
+    """SAM's weights expect raw 8-bit input (normalize sam8): the file records that, and
+    segment reads the file back (it once refused its own calibrate's sam8)."""
+    params_file = tmp_path / "sam.json"
+    run = calibrate_cli(cli, labelled, params_file, "--model", "sam", "--weights", sensitive_sam,
+                        "--device", "cpu", "--min-iou", "0")
+    assert run.code == 0, run.stderr
+    assert json.loads(params_file.read_text())["calibration"]["normalize"] == "sam8"
+    seg = cli("segment", labelled / "images", "-m", "sam", "-w", sensitive_sam, "--device", "cpu",
+              "--params", params_file, "--out", tmp_path / "o", "-q")
+    assert seg.code == 0, seg.stderr
+    assert all(r["params"]["threshold"] == run.records[0]["params"]["threshold"] for r in seg.records)
+    other = cli("segment", labelled / "images", "-m", "sam", "-w", sensitive_sam, "--device", "cpu",
+                "--params", params_file, "--normalize", "percentile", "--out", tmp_path / "p", "-q")
+    assert other.code == 2 and "sam8" in other.stderr
+
+
 # -- review of issue 13: regressions ---------------------------------------------------------
 
 def _no_work(monkeypatch) -> None:

@@ -44,6 +44,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from monolayer.errors import DataError, NoInputError, UsageError
+from monolayer.io.images import PREPROCESS_MODES
 
 SCHEMA = "monolayer.params/1"
 ERROR_TIE = 0.001
@@ -441,8 +442,9 @@ def write_params(path: Path, doc: dict[str, Any]) -> str:
 THRESHOLD_BOUNDS = (0.01, 0.99)
 """A learned model's threshold in a parameters file: what the threshold search can give
 (0.05..0.95, refined by 0.01); beyond, nearly every or no pixel is foreground."""
-NORMALIZE_VALUES = ("none", "percentile")
-"""The resolved ``--normalize`` a calibration records (``auto`` is resolved before)."""
+NORMALIZE_VALUES = PREPROCESS_MODES
+"""The resolved ``--normalize`` a calibration records (``auto`` is resolved before; SAM's
+own ``sam8`` included)."""
 
 
 @dataclass(frozen=True)

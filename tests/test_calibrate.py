@@ -367,10 +367,18 @@ def test_two_images_matching_one_truth_by_name_are_refused(cli, labelled: Path, 
               "-o", tmp_path / "p.json", "-q")
     assert run.code == 65 and "cannot tell which" in run.stderr and "day2" in run.stderr
     assert not (tmp_path / "p.json").exists()
-    # Matched by checksum, the other image's claim by name alone is refused, naming the owner.
+    # Matched by checksum, the other image (another checksum) is not a candidate at all.
     truth = tmp_path / "truth.jsonl"
     sha = hashlib.sha256((tmp_path / "day1" / "c0.tif").read_bytes()).hexdigest()
     truth.write_text(json.dumps({"schema": "monolayer.truth/1", "image": "elsewhere/c0.tif", "image_sha256": sha,
+                                 "mask": str(labelled / "masks" / "c0.tif")}) + "\n")
+    run = cli("calibrate", tmp_path / "day1" / "c0.tif", tmp_path / "day2" / "c0.tif", "--truth", truth,
+              "-o", tmp_path / "p.json", "-q")
+    assert run.code == 65 and "checksum" in run.stderr and str(tmp_path / "day2" / "c0.tif") in run.stderr
+    # Matched by path (no checksum, no folder in the name), the other's claim by name alone is
+    # refused, naming the owner.
+    truth = tmp_path / "day1" / "truth.jsonl"
+    truth.write_text(json.dumps({"schema": "monolayer.truth/1", "image": "c0.tif",
                                  "mask": str(labelled / "masks" / "c0.tif")}) + "\n")
     run = cli("calibrate", tmp_path / "day1" / "c0.tif", tmp_path / "day2" / "c0.tif", "--truth", truth,
               "-o", tmp_path / "p.json", "-q")
@@ -485,6 +493,8 @@ def test_different_fields_are_not_called_similar(labelled: Path) -> None:
     ({"min_size": 10**9}, "min_size"), ({"t_abs": 1.0}, "t_abs"), ({"t_abs": 0, "k_noise": 0}, "t_abs"),
     ({"window_sigma": 20}, "window_sigma"), ({"max_hole": -1}, "max_hole"), ({"k_noise": -1}, "k_noise"),
     ({"min_size": True}, "min_size"),
+    # float32 texture / (2 x 5e-324) divides by zero: the lower bound keeps the arithmetic finite
+    ({"t_abs": 5e-324, "k_noise": 0}, "t_abs"), ({"t_abs": 1e-5, "k_noise": 0}, "t_abs"),
 ])
 def test_absurd_phase_values_are_refused(cli, labelled: Path, tmp_path: Path, params_file: Path,
                                          change, field) -> None:
@@ -581,3 +591,110 @@ def test_undecodable_names_match_their_truth(cli, labelled: Path, tmp_path: Path
         (labelled / folder / "c0.tif").rename(labelled / folder / odd)
     run = calibrate_cli(cli, labelled, tmp_path / "p.json")
     assert run.code == 0, run.stderr
+
+
+# -- review 13b: -o never replaces data; truth matching refuses what it cannot know -------------
+
+def _jsonl_truth(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps({"schema": "monolayer.truth/1", **r}) + "\n" for r in records))
+    return path
+
+
+@pytest.mark.parametrize("target", ["binary", "binary_absent", "journal", "unrelated"])
+def test_out_never_replaces_a_file_the_truth_names_or_any_non_params_file(
+        cli, labelled: Path, tmp_path: Path, monkeypatch, target: str) -> None:
+    binary = labelled / "masks" / "c0.binary.tif"
+    binary.write_bytes((labelled / "masks" / "c0.tif").read_bytes())
+    journal = labelled / "masks" / ".monolayer" / "outputs.list"
+    journal.parent.mkdir()
+    journal.write_text("c0.tif\n")
+    truth = _jsonl_truth(tmp_path / "t.jsonl", [
+        {"image": str(labelled / "images" / f"c{i}.tif"), "mask": str(labelled / "masks" / f"c{i}.tif"),
+         "binary": str(labelled / "masks" / f"c{i}.binary.tif")} for i in range(3)])
+    out = {"binary": binary, "binary_absent": labelled / "masks" / "c1.binary.tif", "journal": journal,
+           "unrelated": tmp_path / "precious.txt"}[target]
+    if target == "unrelated":
+        out.write_text("precious\n")
+    before = out.read_bytes() if out.exists() else None
+    _no_work(monkeypatch)
+    run = cli("calibrate", labelled / "images", "--truth", truth, "-o", out, "-q")
+    assert run.code == 2 and str(out) in run.stderr, run.stderr
+    assert (out.read_bytes() if out.exists() else None) == before
+
+
+def test_out_may_replace_an_earlier_parameters_file(cli, labelled: Path, tmp_path: Path,
+                                                    params_file: Path) -> None:
+    params_file.write_text(params_file.read_text().replace('"cv_iou"', '"cv_iou_old"', 1))
+    run = calibrate_cli(cli, labelled, params_file)
+    assert run.code == 0, run.stderr
+    assert '"cv_iou_old"' not in params_file.read_text()
+
+
+def _two_days(labelled: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """day1/c0.tif (labelled c0) and day2/c0.tif: same name and size, other content."""
+    for day in ("day1", "day2"):
+        (tmp_path / day).mkdir()
+    (tmp_path / "day1" / "c0.tif").write_bytes((labelled / "images" / "c0.tif").read_bytes())
+    other, _ = faint_cells(7, CENTERS[3])
+    tifffile.imwrite(tmp_path / "day2" / "c0.tif", other)
+    return tmp_path / "day1" / "c0.tif", tmp_path / "day2" / "c0.tif"
+
+
+def test_a_record_whose_checksum_differs_is_never_matched_by_name(cli, labelled: Path, tmp_path: Path) -> None:
+    from monolayer.commands.evaluate import load_truth
+
+    day1, day2 = _two_days(labelled, tmp_path)
+    sha1 = hashlib.sha256(day1.read_bytes()).hexdigest()
+    sha2 = hashlib.sha256(day2.read_bytes()).hexdigest()
+    # Named without a folder, so only the checksum tells the images apart.
+    truth = _jsonl_truth(tmp_path / "t.jsonl", [{"image": "c0.tif", "image_sha256": sha1,
+                                                 "mask": str(labelled / "masks" / "c0.tif")}])
+    entry, why = load_truth([truth]).match(str(day2), sha2, "c0")
+    assert entry is None and "checksum" in why
+    run = cli("calibrate", day2, labelled / "images" / "c1.tif", labelled / "images" / "c2.tif",
+              "--truth", truth, "--truth", labelled / "masks", "-o", tmp_path / "d2.json", "-q")
+    assert run.code == 65 and str(day2) in run.stderr and "checksum" in run.stderr, run.stderr
+    assert not (tmp_path / "d2.json").exists()
+    # By path, a changed file is refused too (not matched by its old record).
+    truth = _jsonl_truth(tmp_path / "t2.jsonl", [{"image": str(day2), "image_sha256": sha1,
+                                                  "mask": str(labelled / "masks" / "c0.tif")}])
+    entry, why = load_truth([truth]).match(str(day2), sha2, "c0")
+    assert entry is None and "changed" in why
+
+
+def test_a_coco_file_name_with_a_folder_matches_only_that_folder(labelled: Path, tmp_path: Path) -> None:
+    from monolayer.commands.evaluate import load_truth
+
+    day1, day2 = _two_days(labelled, tmp_path)
+    coco = tmp_path / "coco.json"
+    coco.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "day1/c0.tif", "width": 128, "height": 128}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "area": 100.0,
+                         "bbox": [10, 10, 10, 10], "segmentation": [[10, 10, 20, 10, 20, 20, 10, 20]]}],
+        "categories": [{"id": 1, "name": "cell"}]}))
+    index = load_truth([coco])
+    entry, why = index.match(str(day2), None, "c0")
+    assert entry is None and "day1/c0.tif" in why
+    entry, how = index.match(str(day1), None, "c0")
+    assert entry is not None and how == "stem"
+
+
+def test_two_truth_sources_disagreeing_on_one_checksum_are_refused(cli, labelled: Path, tmp_path: Path) -> None:
+    from monolayer.commands.evaluate import load_truth
+
+    image = labelled / "images" / "c0.tif"
+    sha = hashlib.sha256(image.read_bytes()).hexdigest()
+    a = _jsonl_truth(tmp_path / "a.jsonl", [{"image": str(image), "image_sha256": sha,
+                                             "mask": str(labelled / "masks" / "c0.tif")}])
+    b = _jsonl_truth(tmp_path / "b.jsonl", [{"image": str(image), "image_sha256": sha,
+                                             "mask": str(labelled / "masks" / "c1.tif")}])
+    for sources in ([a, b], [b, a]):
+        entry, why = load_truth(sources).match(str(image), sha, "c0")
+        assert entry is None and "cannot tell which" in why
+        entry, why = load_truth(sources).match(str(image), None, "c0")  # by path: the same
+        assert entry is None and "cannot tell which" in why
+    entry, how = load_truth([a, a]).match(str(image), sha, "c0")  # the same truth twice: fine
+    assert entry is not None and how == "sha256"
+    run = cli("calibrate", labelled / "images", "--truth", a, "--truth", b, "--truth", labelled / "masks",
+              "-o", tmp_path / "p.json", "-q")
+    assert run.code == 65 and "cannot tell which" in run.stderr and not (tmp_path / "p.json").exists()

@@ -108,3 +108,37 @@ def test_bad_jsonl_names_file_and_line(cli, tmp_path):
     assert run.code == 1 and f"{tmp_path / 'p.jsonl'}:2: not valid JSON" in run.stderr
     assert f"{tmp_path / 'p.jsonl'}:1: the record has no 'mask' field" in run.stderr
     assert [r.get("exit_code") for r in run.records] == [65, 65, 66]
+
+
+def _truth_jsonl(path, records):
+    path.write_text("".join(json.dumps({"schema": "monolayer.truth/1", **r}) + "\n" for r in records))
+    return path
+
+
+def test_truth_that_is_of_another_image_is_never_matched(cli, truth_and_pred, tmp_path):
+    """A record whose checksum or folder differs from the prediction's image is an error for that
+    image, never a match by name; two sources disagreeing on one image are refused."""
+    truth, pred = truth_and_pred
+    preds = {Path(r["image"]).stem: r for r in map(json.loads, pred.read_text().splitlines())}
+    a, b = preds["a"], preds["b"]
+    bad = _truth_jsonl(tmp_path / "bad.jsonl", [
+        # a's own path, but a checksum of another file: the image changed
+        {"image": a["image"], "image_sha256": "0" * 64, "mask": str(truth / "a.tif")},
+        # b's name in another folder
+        {"image": "elsewhere/b.tif", "mask": str(truth / "b.tif")}])
+    run = cli("evaluate", pred, "--truth", bad)
+    assert run.code != 0
+    errors = {stem: " | ".join(r["error"] for r in run.records if "error" in r and r["image"] == p["image"])
+              for stem, p in (("a", a), ("b", b))}
+    assert "checksum" in errors["a"] and "changed" in errors["a"], errors
+    assert "elsewhere/b.tif" in errors["b"], errors
+    assert not [r for r in run.records if "iou" in r]
+    # One checksum, two masks from two sources: refused for that image, whichever comes first.
+    one = _truth_jsonl(tmp_path / "one.jsonl", [{"image": "x.tif", "image_sha256": a["image_sha256"],
+                                                 "mask": str(truth / "a.tif")}])
+    two = _truth_jsonl(tmp_path / "two.jsonl", [{"image": "y.tif", "image_sha256": a["image_sha256"],
+                                                 "mask": str(truth / "b.tif")}])
+    for order in ((one, two), (two, one)):
+        run = cli("evaluate", pred, "--truth", order[0], "--truth", order[1], "--allow-missing")
+        [ra] = [r for r in run.records if r.get("image") == a["image"]]
+        assert "cannot tell which" in ra["error"]

@@ -80,11 +80,12 @@ def canny_mask(image: np.ndarray, params: CannyParams = CannyParams()) -> np.nda
 # The phase parameters a file may set: (kind, lowest, highest, None allowed, lowest excluded).
 # Physical sense, not the search's ladders: the texture (a local standard deviation of an image
 # normalised to [0, 1]) never exceeds 0.5, so a threshold above it selects nothing, and a zero
-# threshold (with a zero noise factor) selects everything; windows and radii beyond a few cell
+# threshold (with a zero noise factor) selects everything, and one below 1e-4 makes the
+# float32 score texture / (2 x threshold) overflow or divide by zero; windows and radii beyond a few cell
 # widths, or a minimum object size of a whole large image, measure nothing.
 _PHASE_FIELDS: dict[str, tuple[type, float, float, bool, bool]] = {
     "window_sigma": (float, 0.5, 10.0, False, False),
-    "t_abs": (float, 0.0, 0.5, False, True),
+    "t_abs": (float, 1e-4, 0.5, False, False),
     "k_noise": (float, 0.0, 20.0, False, False),
     "close_radius": (int, 0, 25, False, False),
     "max_hole": (int, 0, 10**9, True, False),
@@ -98,7 +99,7 @@ def phase_bounds() -> dict[str, str]:
     """Each phase parameter's allowed values, as text (for the docs and error hints).
 
     >>> phase_bounds()["t_abs"]
-    '(0.0, 0.5]'
+    '[0.0001, 0.5]'
     """
     out = {}
     for name, (kind, low, high, nullable, open_low) in _PHASE_FIELDS.items():
@@ -118,7 +119,7 @@ def phase_params(values: dict[str, Any], where: str = "phase parameters", *, com
     >>> phase_params({"t_abs": 2}, "p.json")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    monolayer.errors.DataError: p.json: phase parameter 't_abs' is 2, outside (0.0, 0.5] ...
+    monolayer.errors.DataError: p.json: phase parameter 't_abs' is 2, outside [0.0001, 0.5] ...
     >>> phase_params({"min_size": 10**400}, "p.json")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...

@@ -31,7 +31,8 @@ def calibrate(
         rich_help_panel=INPUT, show_default=False)],
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="Parameters file to write (JSON; read by 'segment --params FILE'). A new "
-        "file name: a folder, a symbolic link or one of the inputs is refused before any work.",
+        "file name, or an earlier calibration's file to replace: a folder, a symbolic link, any file the "
+        "images or truth name (masks, binaries) or any other existing file is refused before any work.",
         rich_help_panel=OUTPUT, show_default=False)],
     model: Annotated[ModelName, typer.Option(
         "--model", "-m", help="classical: fit the phase method's parameters; sam, unet, maskrcnn: fit "

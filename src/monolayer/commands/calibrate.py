@@ -41,10 +41,27 @@ up to 1/16 of the field) look like the same field of view. Different fields of t
 images: at most 0.23; a copy shifted by a few pixels with a pixel changed: 0.5 and up."""
 
 
+def _is_params_file(path: Path) -> bool:
+    """Whether ``path`` holds a parameters file (``schema`` :data:`monolayer.calibrate.SCHEMA`),
+    which a new calibration may replace; anything else is someone's data."""
+    from monolayer.calibrate import SCHEMA
+    from monolayer.records import strict_loads
+
+    try:
+        if not path.is_file() or path.stat().st_size > 16 * 2**20:
+            return False
+        doc = strict_loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return False
+    return isinstance(doc, dict) and doc.get("schema") == SCHEMA
+
+
 def check_output(out: Path, images: Iterable[str], truth_files: Iterable[Path | str]) -> None:
     """Refuse, before any work, an ``-o`` that cannot or must not be written: a symbolic link, a
-    folder, a missing folder, or a file that is one of the inputs (an image, a --truth file or a
-    mask it names), compared resolved and by file identity (hard links too)."""
+    folder, a missing folder, a file that is one of the inputs (an image, a --truth file or any
+    file a truth record names: mask, binary, image, COCO file), compared resolved and by file
+    identity (hard links too), whether it exists yet or not, and any existing file that is not a
+    parameters file (an earlier calibration's may be replaced; nothing else)."""
     import os
 
     hint = "give -o a new file name, e.g. -o scope1.params.json"
@@ -57,23 +74,27 @@ def check_output(out: Path, images: Iterable[str], truth_files: Iterable[Path | 
         raise UsageError(f"-o {out}: folder {parent} does not exist", "create it first, or write elsewhere")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"-o {out}: folder {parent} is not writable", "write the parameters file elsewhere")
-    if not out.exists():
-        return
+    real = os.path.realpath(out)
+    exists = out.exists()
     for other in (*images, *truth_files):
-        try:
-            same = os.path.samefile(out, other)
-        except (OSError, ValueError):
-            continue
+        same = os.path.realpath(other) == real
+        if not same and exists:
+            try:
+                same = os.path.samefile(out, other)
+            except (OSError, ValueError):
+                same = False
         if same:
             raise UsageError(f"-o {out} is the input {other}; writing the parameters there would destroy it",
                              hint)
+    if exists and not _is_params_file(out):
+        raise UsageError(f"-o {out} exists and is not a parameters file; calibrate replaces only an earlier "
+                         "calibration's file", hint)
 
 
 def _truth_files(truth: Any, sources: list[Path]) -> list[str]:
-    """Every file the truth comes from: the --truth files and the masks they name."""
-    files = [str(source) for source in sources if not source.is_dir()]
-    files += [entry.ref for entry in truth.entries if "#" not in entry.ref]
-    return files
+    """Every file the truth comes from or names: the --truth files, the masks, and the images,
+    binaries and COCO files its records name."""
+    return [str(source) for source in sources if not source.is_dir()] + list(truth.named)
 
 
 def labelled_images(items: Iterable[Any], truth_sources: list[Path], page: int = 0,

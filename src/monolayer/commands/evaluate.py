@@ -4,6 +4,13 @@ Identity is, in order of preference: the SHA-256 of the image file (both
 records carry it when the images were read), the image's resolved path, and
 the image's file-name stem when exactly one truth entry has it. List order is
 never used: a shuffled prediction file gives the same evaluation.
+
+A truth entry is never matched to an image it demonstrably does not label: one
+whose recorded image checksum differs from the image's (by path: an error, the
+image changed; by stem: not a candidate), or whose recorded name has a folder
+part the image's path does not end with (COCO ``day1/x.tif`` is not ``day2/x.tif``).
+Two sources giving different masks for one checksum or path are refused as
+ambiguous, as two truth images with one stem are.
 """
 
 from __future__ import annotations
@@ -54,6 +61,33 @@ def _key_stem(key: str) -> str:
     return safe_stem(f"{key}.tif", "")
 
 
+def _folders(name: str | None) -> tuple[str, ...]:
+    """The folder part a recorded image name insists on: a relative name's folders (after any
+    ``..``), an absolute name's last folder only (the data may have moved); () when none.
+
+    >>> _folders("day1/x.tif"), _folders("/data/run/day1/x.tif"), _folders("x.tif")
+    (('day1',), ('day1',), ())
+    """
+    if not name:
+        return ()
+    parts = [p for p in name.replace("\\", "/").split("/")[:-1] if p not in ("", ".")]
+    if "/" in name.replace("\\", "/")[:1]:
+        return tuple(parts[-1:])
+    if ".." in parts:
+        parts = parts[len(parts) - parts[::-1].index(".."):]
+    return tuple(parts)
+
+
+def _in_folders(image: str, folders: tuple[str, ...]) -> bool:
+    """Whether the image's path (as given, absolute, or resolved) ends in ``folders``/name."""
+    n = len(folders)
+    for path in (os.path.abspath(image), os.path.realpath(image)):
+        parents = Path(path).parent.parts
+        if n <= len(parents) and tuple(parents[len(parents) - n:]) == folders:
+            return True
+    return False
+
+
 @dataclass
 class TruthEntry:
     """One ground-truth image and how to get its foreground mask."""
@@ -64,6 +98,27 @@ class TruthEntry:
     image: str | None = None
     sha256: str | None = None
     used: bool = False
+    name: str | None = None
+    """The image's name as the truth records it (a COCO file_name, a record's image)."""
+    mask_file: str | None = None
+    """The mask file it is read from (None: rasterised from a COCO file)."""
+    key: str = ""
+    """Which mask this is: two entries with one key are the same truth (given twice)."""
+
+    def named_folder(self, image: str | None) -> bool:
+        """Whether the entry's recorded name has a folder part and the image lies in it."""
+        folders = _folders(self.name)
+        return bool(image and folders and _in_folders(image, folders))
+
+    def unlike(self, image: str | None, sha256: str | None) -> str | None:
+        """Why this entry cannot label the image (its checksum or folder differ), or None."""
+        if sha256 and self.sha256 and self.sha256 != sha256:
+            return (f"truth {self.ref} is of an image with checksum {self.sha256[:12]}..., this image's is "
+                    f"{sha256[:12]}...")
+        folders = _folders(self.name)
+        if image and folders and not _in_folders(image, folders):
+            return f"truth {self.ref} is of {self.name}, in another folder"
+        return None
 
 
 @dataclass
@@ -71,26 +126,60 @@ class TruthIndex:
     """Ground truth from one or more sources, looked up by image identity."""
 
     entries: list[TruthEntry] = field(default_factory=list)
-    by_sha: dict[str, TruthEntry] = field(default_factory=dict)
-    by_path: dict[str, TruthEntry] = field(default_factory=dict)
+    by_sha: dict[str, list[TruthEntry]] = field(default_factory=dict)
+    by_path: dict[str, list[TruthEntry]] = field(default_factory=dict)
     by_stem: dict[str, list[TruthEntry]] = field(default_factory=dict)
+    named: list[str] = field(default_factory=list)
+    """Every file the truth names (sources, masks, binaries, images, COCO files): never to be
+    overwritten by a command's output."""
 
     def add(self, entry: TruthEntry) -> None:
+        if not entry.key:
+            entry.key = os.path.realpath(entry.mask_file) if entry.mask_file else entry.ref
+        real_image = _real(entry.image)
+        for other in self.by_stem.get(entry.stem, []):  # the same truth given twice: once
+            if (other.key, other.sha256, _real(other.image)) == (entry.key, entry.sha256, real_image):
+                return
         self.entries.append(entry)
+        if entry.mask_file:
+            self.named.append(entry.mask_file)
         if entry.sha256:
-            self.by_sha.setdefault(entry.sha256, entry)
-        if entry.image:
-            self.by_path.setdefault(_real(entry.image) or "", entry)
+            self.by_sha.setdefault(entry.sha256, []).append(entry)
+        if real_image:
+            self.by_path.setdefault(real_image, []).append(entry)
         self.by_stem.setdefault(entry.stem, []).append(entry)
+
+    @staticmethod
+    def _conflict(entries: list[TruthEntry], by: str) -> str | None:
+        keys = {e.key for e in entries}
+        if len(keys) < 2:
+            return None
+        return (f"{len(keys)} truth entries give this image's {by} different masks ({entries[0].ref}, "
+                f"{next(e.ref for e in entries if e.key != entries[0].key)}); cannot tell which")
 
     def match(self, image: str | None, sha256: str | None, stem: str) -> tuple[TruthEntry | None, str]:
         """(entry, how it matched) or (None, why not)."""
         if sha256 and sha256 in self.by_sha:
-            return self.by_sha[sha256], "sha256"
+            entries = self.by_sha[sha256]
+            conflict = self._conflict(entries, "checksum")
+            return (None, conflict) if conflict else (entries[0], "sha256")
         real = _real(image)
         if real and real in self.by_path:
-            return self.by_path[real], "path"
+            entries = self.by_path[real]
+            conflict = self._conflict(entries, "path")
+            if conflict:
+                return None, conflict
+            why = entries[0].unlike(None, sha256)  # the path is right by definition; the content?
+            if why:
+                return None, f"{why}: the file changed since the truth was made"
+            return entries[0], "path"
         candidates = self.by_stem.get(stem, [])
+        reasons = [why for why in (c.unlike(image, sha256) for c in candidates) if why]
+        candidates = [c for c in candidates if c.unlike(image, sha256) is None]
+        if reasons and not (len(candidates) == 1 and candidates[0].named_folder(image)):
+            # A truth image of this name is known to be another image: a remaining entry that
+            # says nothing of its image (a bare mask) may well be of that other one too.
+            return None, f"no ground truth for this image ({reasons[0]})"
         if len(candidates) == 1:
             return candidates[0], "stem"
         if len(candidates) > 1:
@@ -113,10 +202,13 @@ def _add_jsonl(index: TruthIndex, path: Path) -> None:
         image = record.get("image")
         mask_path = resolve(mask, path.parent)
         name = image if isinstance(image, str) else mask
+        index.named += [str(resolve(record[k], path.parent)) for k in ("image", "binary", "annotations")
+                        if isinstance(record.get(k), str)]
         index.add(TruthEntry(ref=str(mask_path), stem=_stem(name),
                              load=lambda p=mask_path, s=record.get("mask_sha256"), w=where: _verified_mask(p, s, w),
                              image=str(resolve(image, path.parent)) if isinstance(image, str) else None,
-                             sha256=record.get("image_sha256")))
+                             sha256=record.get("image_sha256"),
+                             name=image if isinstance(image, str) else None, mask_file=str(mask_path)))
 
 
 def _add_coco(index: TruthIndex, path: Path) -> None:
@@ -125,7 +217,8 @@ def _add_coco(index: TruthIndex, path: Path) -> None:
         if image.error is not None:
             continue
         index.add(TruthEntry(ref=f"{path}#{image.file_name}", stem=_stem(image.file_name),
-                             load=lambda im=image: rasterize(im).labels > 0))
+                             load=lambda im=image: rasterize(im).labels > 0, name=image.file_name,
+                             key=f"{os.path.realpath(path)}#{image.file_name}"))
 
 
 def _add_folder(index: TruthIndex, folder: Path) -> None:
@@ -135,7 +228,8 @@ def _add_folder(index: TruthIndex, folder: Path) -> None:
     if not masks:
         raise NoInputError(f"{folder}: folder holds no masks")
     for stem, mask_path in masks.items():
-        index.add(TruthEntry(ref=str(mask_path), stem=_key_stem(stem), load=lambda p=mask_path: read_mask(p)))
+        index.add(TruthEntry(ref=str(mask_path), stem=_key_stem(stem), load=lambda p=mask_path: read_mask(p),
+                             mask_file=str(mask_path)))
 
 
 def _is_coco(path: Path) -> bool:
@@ -156,6 +250,7 @@ def load_truth(sources: Iterable[Path]) -> TruthIndex:
     for source in sources:
         if not source.exists():
             raise NoInputError(f"{source}: no such file or folder", "check --truth")
+        index.named.append(str(source))
         if source.is_dir():
             _add_folder(index, source)
         elif _is_coco(source):

@@ -9,6 +9,7 @@ intensity range, is far outside the development images'): both are right.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,11 +134,35 @@ def test_segment_records_carry_qc_and_flags(cli, examples, tmp_path):
     assert run.code == 0, run.stderr
     for record in run.records:
         assert set(record["qc"]) == {"clipped_low", "clipped_high", "noise", "skew", "texture",
-                                     "sharpness", "scale", "illumination"}
+                                     "sharpness", "scale", "illumination", "invalid"}
         assert record["flags"] == []
     rerun = cli("segment", examples / "images", "-o", tmp_path / "o", "-q", "--skip-existing")
     assert [r["qc"] for r in rerun.records] == [r["qc"] for r in run.records]
     assert all(r.get("reused") for r in rerun.records)
+
+
+def test_nan_and_infinite_pixels_are_flagged_and_counted(cli, examples, tmp_path):
+    """A float image with NaN/inf pixels still gets its number, but the record says that a
+    part of the field was never seen (it used to be replaced silently)."""
+    image = _example(NAMES[0]).astype(np.float32)
+    assert qc.measure(image, image.dtype)["invalid"] == 0.0
+    holed = image.copy()
+    holed[:100, :100] = np.nan
+    holed[500, 500] = np.inf
+    measured = qc.measure(holed, holed.dtype)
+    assert measured["invalid"] == pytest.approx(10001 / holed.size, rel=1e-3)
+    assert qc.flags(measured, None)[0] == "invalid_pixels"
+    tifffile.imwrite(tmp_path / "holed.tif", holed)
+    tifffile.imwrite(tmp_path / "whole.tif", image)
+    run = cli("segment", tmp_path / "holed.tif", tmp_path / "whole.tif", "-o", tmp_path / "o", "-q")
+    assert run.code == 0, run.stderr
+    by_name = {Path(r["image"]).name: r for r in run.records}
+    assert "invalid_pixels" in by_name["holed.tif"]["flags"] and by_name["holed.tif"]["qc"]["invalid"] > 0
+    assert "invalid_pixels" not in by_name["whole.tif"]["flags"]
+    kept = cli("stats", "-", "--field", "confluence", "--exclude-flag",
+               "invalid_pixels", input="".join(json.dumps(r) + "\n" for r in run.records))
+    assert kept.code == 0, kept.stderr
+    assert kept.records[0]["n"] == 1
 
 
 def test_segment_flags_a_degraded_image(cli, examples, tmp_path):

@@ -283,7 +283,7 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
               "monolayer.qc): clipped_low, clipped_high, noise, skew, texture, sharpness, "
               "scale, illumination"),
         Field("flags", _Strings("strings", "a list of strings"), "image quality and domain warnings: "
-              "out_of_focus, saturated, uneven_illumination, no_texture, unlike_calibration; the number "
+              "invalid_pixels, out_of_focus, saturated, uneven_illumination, no_texture, unlike_calibration; the number "
               "is still given, but check a flagged image by eye"),
     ), notes="`params` holds the model's parameters and, for learned models, `device`, `precision` (what ran), `precision_requested`, "
              "`seed` and `batch_size`. `seconds` is the only field that differs between two runs of the "

@@ -46,8 +46,8 @@ app = typer.Typer(cls=_SummaryByDefault, help="Statistics of JSON Lines: summari
 
 
 ExcludeFlag = Annotated[list[str] | None, typer.Option(
-    "--exclude-flag", help="Leave out records whose image-quality flags include NAME (out_of_focus, "
-    "saturated, uneven_illumination, no_texture, unlike_calibration), or any flag with 'any'. "
+    "--exclude-flag", help="Leave out records whose image-quality flags include NAME (invalid_pixels, "
+    "out_of_focus, saturated, uneven_illumination, no_texture, unlike_calibration), or any flag with 'any'. "
     "Repeatable; 'any' also matches flag names this version does not know. Records without flags "
     "(older or other records) are kept and counted on stderr. A group whose every record is left out "
     "is still listed, with n 0 (and a warning).",

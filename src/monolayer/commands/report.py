@@ -245,6 +245,7 @@ def render(found: ReportInput, *, title: str, plot_png: bytes | None = None,
 
 
 FLAG_ADVICE = {
+    "invalid_pixels": "NaN or infinite pixels: part of the field was not measured; check the file",
     "out_of_focus": "blurred: refocus, or check the number by eye",
     "saturated": "many pixels clipped: lower the exposure or gain",
     "uneven_illumination": "background slope or vignetting: check the lamp and condenser, or flat-field",

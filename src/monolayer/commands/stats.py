@@ -44,7 +44,7 @@ class FlagFilter:
     >>> FlagFilter(exclude=("blurry",))
     Traceback (most recent call last):
     ...
-    monolayer.errors.UsageError: unknown flag 'blurry' (choose from: out_of_focus, saturated, uneven_illumination, no_texture, unlike_calibration, any)
+    monolayer.errors.UsageError: unknown flag 'blurry' (choose from: invalid_pixels, out_of_focus, saturated, uneven_illumination, no_texture, unlike_calibration, any)
     """
 
     exclude: tuple[str, ...] = ()

@@ -268,8 +268,8 @@ class PhaseImage:
 
     def mask(self, p: Any) -> np.ndarray:
         """The mask ``segment_phase(image, p)`` gives (a cached array: do not modify)."""
-        from monolayer.backends.phase import _background_level, _closing, _erosion, _fill_holes
-        from monolayer.morphology import remove_small_objects
+        from monolayer.backends.phase import _background_level, _closing, _erosion
+        from monolayer.morphology import fill_holes, remove_small_objects
 
         thr = self.threshold(p)
         k1 = (p.window_sigma, thr)
@@ -278,7 +278,7 @@ class PhaseImage:
         closed = self._cached("close_radius", k2,
                               lambda: _closing(raw, p.close_radius) if p.close_radius > 0 else raw)
         k3 = (*k2, p.max_hole)
-        filled = self._cached("max_hole", k3, lambda: _fill_holes(closed, p.max_hole))
+        filled = self._cached("max_hole", k3, lambda: fill_holes(closed, p.max_hole))
         k4 = (*k3, p.erode_radius)
         eroded = self._cached("erode_radius", k4,
                               lambda: _erosion(filled, p.erode_radius, 1) if p.erode_radius > 0 else filled)
@@ -292,7 +292,7 @@ class PhaseImage:
             if self._blur1 is None:
                 self._blur1 = ndi.gaussian_filter(a, 1.0)
             bright = self._blur1 > _background_level(background) + p.halo_delta
-            return _fill_holes(eroded & ~bright, p.max_hole)
+            return fill_holes(eroded & ~bright, p.max_hole)
 
         dehaloed = self._cached("halo_delta", (*k4, p.halo_delta), halo)
         return remove_small_objects(dehaloed, p.min_size)

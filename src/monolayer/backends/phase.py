@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from monolayer.morphology import remove_small_objects
+from monolayer.morphology import fill_holes, remove_small_objects
 
 SCORE_THRESHOLD = 0.5
 """The score is moved so that ``mask == (score >= SCORE_THRESHOLD)`` holds exactly."""
@@ -122,26 +122,6 @@ def _erosion(mask: np.ndarray, radius: int, border_value: int) -> np.ndarray:
     return _rank_by_disk(mask, radius, False, border_value)
 
 
-def _fill_holes(mask: np.ndarray, max_size: int | None) -> np.ndarray:
-    """:func:`monolayer.morphology.fill_holes` in one labelling of the background.
-
-    A hole is a 4-connected background component touching no image edge (what
-    ``ndi.binary_fill_holes`` fills), so labelling the background once finds every
-    hole and its size; no flood fill from the border is needed.
-    """
-    m = np.asarray(mask, dtype=bool)
-    labels = np.empty(m.shape, dtype=np.intp)  # what bincount and take index with: no copies
-    n = ndi.label(~m, output=labels)
-    if n == 0:
-        return m.copy()
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    fill = np.ones(n + 1, dtype=bool) if max_size is None else sizes <= max_size
-    fill[0] = False
-    for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
-        fill[edge] = False
-    return m | np.take(fill, labels)
-
-
 def noise_sigma(image: np.ndarray, block: int = 16, percentile: float = 2.0) -> float:
     """Robust pixel-noise sigma of an image.
 
@@ -199,14 +179,14 @@ def segment_phase(image: np.ndarray, params: PhaseParams = PhaseParams()) -> tup
     mask = texture > threshold
     if params.close_radius > 0:
         mask = _closing(mask, params.close_radius)
-    mask = _fill_holes(mask, params.max_hole)
+    mask = fill_holes(mask, params.max_hole)
     if params.erode_radius > 0:
         mask = _erosion(mask, params.erode_radius, 1)
     if params.halo_delta is not None and mask.any():
         outside = ~mask
         background = a[outside] if np.count_nonzero(outside) > 0.02 * mask.size else a.ravel()
         bright = ndi.gaussian_filter(a, 1.0, output=mean) > _background_level(background) + params.halo_delta
-        mask = _fill_holes(mask & ~bright, params.max_hole)
+        mask = fill_holes(mask & ~bright, params.max_hole)
     mask = remove_small_objects(mask, params.min_size)
     score = np.divide(texture, np.float32(2.0 * threshold), out=texture)
     np.clip(score, 0.0, 1.0, out=score)

@@ -114,7 +114,7 @@ def _worker_main(conn: Any, recipe: Recipe, parent: int) -> None:
             conn.send(reply)
         except (EOFError, OSError):
             return
-        except Exception as exc:  # noqa: BLE001 -- an exception that does not pickle
+        except Exception:  # noqa: BLE001 -- an exception that does not pickle
             conn.send(("error", RuntimeError(f"{type(reply[1]).__name__}: {reply[1]}")))
 
 

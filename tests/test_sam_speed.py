@@ -182,6 +182,66 @@ def test_prepared_for_autocast_stores_block_weights_cast_and_keeps_the_ends_fp32
     assert np.abs(prepared - exact).mean() < 0.8 * np.abs(plain - exact).mean()
 
 
+def test_patch_embedding_output_is_token_major_and_unchanged(relpos_sam):
+    """segment-anything's PatchEmbed returns a permuted view; every block read the token
+    stream strided after it (half the encoder's time on a CPU). Ours is the same values, contiguous."""
+    model, _ = load_sam(relpos_sam)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        ours = model.image_encoder.patch_embed(x)
+        library = type(model.image_encoder.patch_embed).forward(model.image_encoder.patch_embed, x)
+        assert not library.is_contiguous() and ours.is_contiguous() and torch.equal(ours, library)
+        fast.prepare_for_autocast(model, torch.bfloat16)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            prepared = model.image_encoder.patch_embed(x)
+        assert prepared.is_contiguous() and torch.equal(prepared, library)
+
+
+def test_prepared_blocks_compute_the_librarys_block_and_leave_a_callers_tensor_alone(relpos_sam):
+    from segment_anything.modeling.image_encoder import Block
+
+    model, _ = load_sam(relpos_sam)
+    fast.prepare_for_autocast(model.eval(), torch.bfloat16)
+    blocks = [m for m in model.image_encoder.modules() if isinstance(m, Block)]
+    assert blocks and all(m.forward.__func__ is fast.block_forward for m in blocks)
+    x = torch.randn(1, 64, 64, model.image_encoder.pos_embed.shape[-1])
+    for block in blocks:  # one windowed block, one global
+        kept = x.clone()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            ours = block(x)
+            library = type(block).forward(block, x)
+        assert torch.equal(x, kept)  # a tensor the caller holds is never added into
+        assert ours.dtype == library.dtype == torch.float32
+        # bias and GELU on the fp32 accumulator: bf16's resolution apart, no more
+        scale = float(library.abs().max())
+        assert float((ours - library).abs().max()) < 0.02 * scale
+        assert float((ours - library).abs().max()) > 0  # (the fused path did run)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            owned = x.clone()
+            assert torch.equal(block(owned), ours) and torch.equal(owned, ours)  # summed in place
+        # with gradients on, the library's own forward runs, and gradients flow
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            graded = block(x)
+        graded.float().square().mean().backward()
+        assert block.mlp.lin1.weight.grad is not None and block.attn.qkv.weight.grad is not None
+        assert torch.allclose(graded.detach(), library, atol=0.01 * scale)
+
+
+@pytest.mark.parametrize("gelu", [False, True])
+def test_fused_linear_is_the_layer_and_its_gelu(gelu):
+    layer = torch.nn.Linear(96, 160)
+    act = torch.nn.GELU()
+    x = torch.randn(3, 5, 96)
+    with torch.no_grad():
+        exact = layer(x) if not gelu else act(layer(x))
+        assert torch.equal(fast._linear(layer, x, act if gelu else None), exact)  # fp32: the layer itself
+        layer.to(torch.bfloat16)
+        ours = fast._linear(layer, x.bfloat16(), act if gelu else None)
+        library = layer(x.bfloat16()) if not gelu else act(layer(x.bfloat16()))
+    assert ours.shape == exact.shape and ours.dtype == torch.bfloat16
+    assert float((ours.float() - exact).abs().max()) <= float((library.float() - exact).abs().max()) * 1.01 + 1e-6
+
+
 # -- batching -------------------------------------------------------------------------------------
 
 

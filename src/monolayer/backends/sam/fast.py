@@ -89,7 +89,7 @@ def attention_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     b, h, w, _ = x.shape
     n = h * w
     heads = self.num_heads
-    qkv = self.qkv(x).view(b, n, 3, heads, -1)
+    qkv = _linear(self.qkv, x).view(b, n, 3, heads, -1)
     q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # (b, heads, n, c) views
     if not self.use_rel_pos:
         out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
@@ -114,16 +114,26 @@ def attention_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
                 out[:, :, r0 * w: r1 * w] = F.scaled_dot_product_attention(
                     q[:, :, r0 * w: r1 * w], k, v, attn_mask=bias.view(b, heads, (r1 - r0) * w, n),
                     scale=self.scale)
-    return self.proj(out.transpose(1, 2).reshape(b, h, w, -1))
+    return _linear(self.proj, out.transpose(1, 2).reshape(b, h, w, -1))
 
 
 def install(model: Any) -> int:
-    """Bind :func:`attention_forward` to every image-encoder ``Attention`` of ``model``;
-    returns how many were patched. Idempotent."""
+    """Bind :func:`attention_forward` to every image-encoder ``Attention`` of ``model``, and
+    make the patch embedding's output contiguous; returns how many attentions were patched.
+    Idempotent.
+
+    segment-anything's ``PatchEmbed`` returns its convolution's output permuted to
+    (B, H, W, C) as a strided view, and every later residual sum keeps that layout: each
+    block's LayerNorms and additions then read the token stream 768 floats apart, twice as
+    slow as the matrix products around them on a CPU. One copy makes it token-major, as
+    the linear layers read it; the values are the same.
+    """
     from segment_anything.modeling.image_encoder import Attention
 
+    encoder = model.image_encoder
+    encoder.patch_embed.forward = types.MethodType(_contiguous_forward, encoder.patch_embed)
     patched = 0
-    for module in model.image_encoder.modules():
+    for module in encoder.modules():
         if isinstance(module, Attention):
             module.forward = types.MethodType(attention_forward, module)
             patched += 1
@@ -137,6 +147,9 @@ def prepare_for_autocast(model: Any, dtype: torch.dtype) -> int:
     * The transformer blocks' ``Linear`` weights and biases are stored in ``dtype``:
       autocast casts exactly these to ``dtype`` on every call (a fresh copy of 85 M
       parameters per image); stored already cast, the same numbers go in without the copy.
+    * Each block runs :func:`block_forward`: the library's arithmetic, with the residual
+      sums in place and, on a CPU, the linear layers' bias and GELU done in the matrix
+      product's epilogue (oneDNN) instead of two more passes over the activations.
     * The patch embedding and the neck run in fp32 (1 % of the FLOPs): under plain
       autocast the image is rounded to 8 significant bits before the first convolution,
       and the neck's ``LayerNorm2d`` (plain tensor ops, which autocast leaves alone)
@@ -145,27 +158,85 @@ def prepare_for_autocast(model: Any, dtype: torch.dtype) -> int:
 
     The encoder then runs only under autocast to ``dtype``.
     """
+    from segment_anything.modeling.image_encoder import Block
+
     encoder = model.image_encoder
     for module in (encoder.patch_embed, encoder.neck):
         module.forward = types.MethodType(_fp32_forward, module)
     converted = 0
     for module in encoder.blocks.modules():
-        if isinstance(module, torch.nn.Linear):
+        if isinstance(module, Block):
+            module.forward = types.MethodType(block_forward, module)
+        elif isinstance(module, torch.nn.Linear):
             module.to(dtype)
             converted += 1
     return converted
 
 
+def _contiguous_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    """The module's own forward, its output made contiguous (see :func:`install`)."""
+    return type(self).forward(self, x).contiguous()
+
+
 def _fp32_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
-    """The module's own forward in fp32, autocast off."""
+    """The module's own forward in fp32, autocast off, its output contiguous."""
     with torch.autocast(x.device.type, enabled=False):
-        return type(self).forward(self, x.float())
+        return type(self).forward(self, x.float()).contiguous()
+
+
+def _fused_linear_available() -> bool:
+    return hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
+
+
+def _linear(layer: Any, x: torch.Tensor, act: Any = None) -> torch.Tensor:
+    """``layer(x)``, then ``act`` (an ``nn.GELU``) if given.
+
+    On a CPU, with ``x`` and the weights in bf16, one oneDNN matmul does it all, the bias
+    and the exact GELU applied to the fp32 accumulator before the single rounding to bf16
+    (the library rounds the product to bf16, then GELU's output again); elsewhere, and
+    whenever a gradient is wanted, the layer and the activation run as they are.
+    """
+    w = layer.weight
+    differentiable = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)  # no autograd there
+    if x.device.type == "cpu" and x.dtype == w.dtype == torch.bfloat16 and not differentiable \
+            and _fused_linear_available() and (act is None or getattr(act, "approximate", None) == "none"):
+        shape = x.shape
+        out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, shape[-1]), w, layer.bias,
+                                                 "none" if act is None else "gelu", [],
+                                                 "" if act is None else "none")
+        return out.view(*shape[:-1], out.shape[-1])
+    out = layer(x)
+    return out if act is None else act(out)
+
+
+def block_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    """segment-anything's ``Block.forward`` for inference under autocast, same arithmetic.
+
+    The LayerNorms' fp32 outputs are cast to the weights' dtype where autocast would cast
+    them (before ``qkv`` and ``lin1``; the window partition moves half the bytes after the
+    cast), and the residual sums are added in place into the fp32 token stream the
+    encoder made for this call. With gradients on, the library's own forward runs.
+    """
+    from segment_anything.modeling.image_encoder import window_partition, window_unpartition
+
+    dtype = self.mlp.lin1.weight.dtype
+    if torch.is_grad_enabled() or not torch.is_autocast_enabled(x.device.type):
+        return type(self).forward(self, x)
+    y = self.norm1(x).to(dtype)
+    if self.window_size > 0:
+        hw = (y.shape[1], y.shape[2])
+        y, pad_hw = window_partition(y, self.window_size)
+    y = self.attn(y)
+    if self.window_size > 0:
+        y = window_unpartition(y, self.window_size, pad_hw, hw)
+    # In place only into an inference tensor (made by this encoder call); else a new sum.
+    x = x.add_(y) if x.is_inference() else x + y
+    x.add_(_linear(self.mlp.lin2, _linear(self.mlp.lin1, self.norm2(x).to(dtype), self.mlp.act)))
+    return x
 
 
 def uninstall(model: Any) -> None:
-    """Give every image-encoder ``Attention`` back the library's own forward (the reference)."""
-    from segment_anything.modeling.image_encoder import Attention
-
+    """Give every image-encoder module back the library's own forward (the reference)."""
     for module in model.image_encoder.modules():
-        if isinstance(module, Attention) and "forward" in module.__dict__:
+        if "forward" in module.__dict__:
             del module.forward

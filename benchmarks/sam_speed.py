@@ -32,7 +32,7 @@ not accuracy. Nothing is asserted. The GPU counterpart is ``sam_gpu.py``.
 
 Usage::
 
-    python benchmarks/sam_speed.py                 # 3 rounds: 3 timed images per configuration
+    python benchmarks/sam_speed.py                 # 4 rounds: 4 timed images per configuration
     python benchmarks/sam_speed.py --images 5
 """
 
@@ -131,17 +131,6 @@ def encoder_flops(model: Any) -> int:
     return int(counter.get_total_flops())
 
 
-def timed(run: Callable[[], Any], images: int) -> tuple[list[float], Any]:
-    """Seconds of each of ``images`` calls after one warm-up, and the last call's result."""
-    result = run()
-    times = []
-    for _ in range(images):
-        t = time.perf_counter()
-        result = run()
-        times.append(time.perf_counter() - t)
-    return times, result
-
-
 def pipeline(model: Any, image: np.ndarray, bf16: bool, probability: bool = True) -> Callable[[], Any]:
     """The promptless pipeline on the model as it is (library or fused attention installed)."""
     from segment_anything.utils.transforms import ResizeLongestSide
@@ -167,7 +156,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=3, help="timed images per configuration (after 1 warm-up)")
+    parser.add_argument("--images", type=int, default=4, help="timed rounds: images per configuration (after 1 warm-up)")
     parser.add_argument("--gemm-seconds", type=float, default=1.0,
                         help="seconds of matrix multiplies per precision before each round")
     args = parser.parse_args()
@@ -187,8 +176,9 @@ def main() -> None:
           f"sensitive ViT-B: hypernetwork output x{scale:.1f}, foreground at 0.5: {fg:.2f}")
 
     # Every configuration loaded side by side, then timed in rounds: each round measures the
-    # GEMM rates first, then one image per configuration, so a slow spell of the machine
-    # (a shared host) falls on the floor and on every pipeline alike.
+    # GEMM rates first, then one image per configuration, starting with a different one each
+    # round, so a slow spell of the machine (a shared host) falls on the floor and on every
+    # pipeline alike.
     fast.uninstall(model)
     runs: dict[str, tuple[str, Callable[[], Any]]] = {
         "segment-anything (unmodified) fp32": ("fp32", pipeline(model, image, bf16=False)),
@@ -205,10 +195,12 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in runs}
     maps: dict[str, np.ndarray] = {name: np.asarray(run()) for name, (_, run) in runs.items()}  # warm-up
     rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
-    for _ in range(args.images):
+    names = list(runs)
+    for round_ in range(args.images):
         for prec, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             rates[prec] += gemm_rates(dtype, args.gemm_seconds)
-        for name, (_, run) in runs.items():
+        for name in names[round_ % len(names):] + names[: round_ % len(names)]:  # each goes first in turn
+            run = runs[name][1]
             t = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - t)

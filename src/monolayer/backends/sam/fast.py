@@ -24,6 +24,7 @@ over query rows, that reproduces it exactly), which costs the speed this gains.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import types
@@ -131,7 +132,8 @@ def install(model: Any) -> int:
     from segment_anything.modeling.image_encoder import Attention
 
     encoder = model.image_encoder
-    encoder.patch_embed.forward = types.MethodType(_contiguous_forward, encoder.patch_embed)
+    if "forward" not in vars(encoder.patch_embed):  # prepare_for_autocast's fp32 one stays
+        encoder.patch_embed.forward = types.MethodType(_contiguous_forward, encoder.patch_embed)
     patched = 0
     for module in encoder.modules():
         if isinstance(module, Attention):
@@ -163,6 +165,7 @@ def prepare_for_autocast(model: Any, dtype: torch.dtype) -> int:
     encoder = model.image_encoder
     for module in (encoder.patch_embed, encoder.neck):
         module.forward = types.MethodType(_fp32_forward, module)
+    encoder.forward = types.MethodType(encoder_forward, encoder)
     converted = 0
     for module in encoder.blocks.modules():
         if isinstance(module, Block):
@@ -184,24 +187,47 @@ def _fp32_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
         return type(self).forward(self, x.float()).contiguous()
 
 
+@functools.lru_cache(maxsize=None)
+def _onednn_bf16() -> bool:
+    """Whether oneDNN computes bf16 matmuls on this CPU (AVX-512 or AMX); the fused op
+    has no fallback where it does not (inductor asks the same before emitting it)."""
+    try:
+        return (hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
+                and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _fused_linear_available() -> bool:
-    return hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
+    return bool(torch.backends.mkldnn.enabled) and _onednn_bf16()
+
+
+def _plain(module: Any, kind: type) -> bool:
+    """``module`` is exactly ``kind`` with no hooks: computing its maths directly skips nothing."""
+    return type(module) is kind and not (module._forward_hooks or module._forward_pre_hooks)
+
+
+def _no_global_hooks() -> bool:
+    from torch.nn.modules import module as torch_module
+
+    return not (torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks)
 
 
 def _linear(layer: Any, x: torch.Tensor, act: Any = None) -> torch.Tensor:
-    """``layer(x)``, then ``act`` (an ``nn.GELU``) if given.
+    """``layer(x)``, then ``act`` if given.
 
-    On a CPU, with ``x`` and the weights in bf16, one oneDNN matmul does it all, the bias
-    and the exact GELU applied to the fp32 accumulator before the single rounding to bf16
-    (the library rounds the product to bf16, then GELU's output again); elsewhere, and
-    whenever a gradient is wanted, the layer and the activation run as they are.
+    On a CPU where oneDNN computes bf16, with ``x`` and the weights in bf16, for a plain
+    ``nn.Linear`` and an exact ``nn.GELU`` (no hooks, no wrappers), one oneDNN matmul does
+    it all, the bias and the GELU applied to the fp32 accumulator before the single rounding
+    to bf16 (the library rounds the product to bf16, then GELU's output again). Anywhere
+    else, and whenever a gradient is wanted, the modules themselves run.
     """
-    w = layer.weight
-    differentiable = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)  # no autograd there
-    if x.device.type == "cpu" and x.dtype == w.dtype == torch.bfloat16 and not differentiable \
-            and _fused_linear_available() and (act is None or getattr(act, "approximate", None) == "none"):
+    if (_plain(layer, torch.nn.Linear) and (act is None or (_plain(act, torch.nn.GELU) and act.approximate == "none"))
+            and x.device.type == "cpu" and x.dtype == layer.weight.dtype == torch.bfloat16
+            and not (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad))
+            and _no_global_hooks() and _fused_linear_available()):
         shape = x.shape
-        out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, shape[-1]), w, layer.bias,
+        out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, shape[-1]), layer.weight, layer.bias,
                                                  "none" if act is None else "gelu", [],
                                                  "" if act is None else "none")
         return out.view(*shape[:-1], out.shape[-1])
@@ -209,13 +235,35 @@ def _linear(layer: Any, x: torch.Tensor, act: Any = None) -> torch.Tensor:
     return out if act is None else act(out)
 
 
+_STREAM = threading.local()
+
+
+def encoder_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    """``ImageEncoderViT.forward``, marking the token stream as this call's own: the sum
+    with the position embedding is a new tensor nobody else holds, so the blocks may add
+    their residuals into it in place (:func:`block_forward`)."""
+    x = self.patch_embed(x)
+    owned = self.pos_embed is not None
+    if owned:
+        x = x + self.pos_embed
+    _STREAM.owned, before = owned, getattr(_STREAM, "owned", False)
+    try:
+        for blk in self.blocks:
+            x = blk(x)
+    finally:
+        _STREAM.owned = before
+    return self.neck(x.permute(0, 3, 1, 2))
+
+
 def block_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     """segment-anything's ``Block.forward`` for inference under autocast, same arithmetic.
 
     The LayerNorms' fp32 outputs are cast to the weights' dtype where autocast would cast
     them (before ``qkv`` and ``lin1``; the window partition moves half the bytes after the
-    cast), and the residual sums are added in place into the fp32 token stream the
-    encoder made for this call. With gradients on, the library's own forward runs.
+    cast). The residual sums go in place into the token stream only inside
+    :func:`encoder_forward`'s loop and when no hook could be holding a block's input or
+    output; a block called any other way leaves its argument alone. With gradients on,
+    the library's own forward runs.
     """
     from segment_anything.modeling.image_encoder import window_partition, window_unpartition
 
@@ -229,14 +277,20 @@ def block_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     y = self.attn(y)
     if self.window_size > 0:
         y = window_unpartition(y, self.window_size, pad_hw, hw)
-    # In place only into an inference tensor (made by this encoder call); else a new sum.
-    x = x.add_(y) if x.is_inference() else x + y
+    in_place = (getattr(_STREAM, "owned", False) and not (self._forward_hooks or self._forward_pre_hooks)
+                and _no_global_hooks())
+    x = x.add_(y) if in_place else x + y
     x.add_(_linear(self.mlp.lin2, _linear(self.mlp.lin1, self.norm2(x).to(dtype), self.mlp.act)))
     return x
 
 
+_OURS = {"attention_forward", "block_forward", "encoder_forward", "_contiguous_forward", "_fp32_forward"}
+
+
 def uninstall(model: Any) -> None:
-    """Give every image-encoder module back the library's own forward (the reference)."""
+    """Give every image-encoder module this module patched back the library's own forward
+    (the reference; weights that :func:`prepare_for_autocast` stored in bf16 stay bf16)."""
     for module in model.image_encoder.modules():
-        if "forward" in module.__dict__:
+        forward = vars(module).get("forward")
+        if getattr(getattr(forward, "__func__", None), "__name__", None) in _OURS:
             del module.forward

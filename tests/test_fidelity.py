@@ -180,6 +180,14 @@ def _predictor_prob(predictor, gray8: np.ndarray) -> np.ndarray:
     return expit(masks[0].astype(np.float32))
 
 
+def _masks_agree(mask: np.ndarray, reference: np.ndarray) -> bool:
+    """``mask == reference >= 0.5`` wherever the reference is clear of the threshold by more
+    than the maps may differ: a pixel within PROB_TOLERANCE of 0.5 may fall either side (the
+    fused encoder sums in another order: 1e-6 apart in fp32)."""
+    clear = np.abs(reference - 0.5) >= PROB_TOLERANCE
+    return bool(np.array_equal(mask[clear], reference[clear] >= 0.5)) and int((~clear).sum()) < 0.001 * mask.size
+
+
 def _segment(cli, image: Path, out: Path, *args: Any) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     # fp32: these compare against the libraries' own fp32 forward (--precision auto may pick bf16).
     run = cli("segment", image, "--device", "cpu", "--precision", "fp32", "--save-prob", "--out", out, *args)
@@ -197,7 +205,7 @@ def test_sam_sees_the_raw_8_bit_image_as_sam_predictor_does(cli, sensitive_sam, 
     assert record["params"]["normalize"] == "sam8"  # --normalize auto = SPEC.preprocess
     delta = float(np.abs(prob - expected).max())
     assert delta < PROB_TOLERANCE, delta
-    assert np.array_equal(mask, expected >= 0.5)
+    assert _masks_agree(mask, expected)
 
     # What segment gave SAM before: the 8-bit image stretched again. Clearly another map.
     stretched = np.round(normalize(raw.astype(np.float32)) * 255).astype(np.uint8)
@@ -208,7 +216,7 @@ def test_sam_sees_the_raw_8_bit_image_as_sam_predictor_does(cli, sensitive_sam, 
     _, old_mask, old_prob = _segment(cli, image8, tmp_path / "p", "--model", "sam", "-w", sensitive_sam,
                                      "--normalize", "percentile")
     assert float(np.abs(old_prob - before).max()) < PROB_TOLERANCE
-    assert np.array_equal(old_mask, before >= 0.5)
+    assert _masks_agree(old_mask, before)
 
 
 def test_sam_stretches_a_16_bit_image_to_8_bits_once(cli, sensitive_sam, predictor, tmp_path):
@@ -218,7 +226,7 @@ def test_sam_stretches_a_16_bit_image_to_8_bits_once(cli, sensitive_sam, predict
     expected = _predictor_prob(predictor, eight)
     _, mask, prob = _segment(cli, IMAGE16, tmp_path / "o", "--model", "sam", "-w", sensitive_sam)
     assert float(np.abs(prob - expected).max()) < PROB_TOLERANCE
-    assert np.array_equal(mask, expected >= 0.5)
+    assert _masks_agree(mask, expected)
 
 
 # -- Cellpose: segment == CellposeModel.eval on the raw 16-bit image ---------------------------------

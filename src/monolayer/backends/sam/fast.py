@@ -1,4 +1,4 @@
-"""A faster, numerically faithful attention for SAM's image encoder, installed on a loaded model.
+"""A faster, numerically faithful SAM image encoder: fused attention, and in bf16 fused blocks.
 
 segment-anything's ``Attention.forward`` builds the whole (tokens x tokens) score
 matrix per head, adds the decomposed relative-position bias, soft-maxes it and
@@ -125,9 +125,10 @@ def install(model: Any) -> int:
 
     segment-anything's ``PatchEmbed`` returns its convolution's output permuted to
     (B, H, W, C) as a strided view, and every later residual sum keeps that layout: each
-    block's LayerNorms and additions then read the token stream 768 floats apart, twice as
-    slow as the matrix products around them on a CPU. One copy makes it token-major, as
-    the linear layers read it; the values are the same.
+    block's LayerNorms and additions then read the token stream with a stride of 4096
+    tokens. One copy makes it token-major, as the linear layers read it (a bf16 ViT-B image
+    on 2 CPU cores, alternating with and without: 3.64 s -> 3.28 s). The copy's values are
+    the same; the sums after it may round in another order (about 1e-6 in fp32).
     """
     from segment_anything.modeling.image_encoder import Attention
 

@@ -110,6 +110,8 @@ def take(source: Path, folder: Path, n: int, height: int, width: int) -> None:
 
 
 def main() -> None:
+    import tifffile
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=60)
     parser.add_argument("--size", default="704x520", help="WIDTHxHEIGHT of the images")
@@ -122,16 +124,33 @@ def main() -> None:
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
     settings = [int(v) for v in args.jobs.split(",")]
-    megapixels = args.images * width * height / 1e6
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         images = args.keep or tmp / "images"
-        if not (images.is_dir() and len(list(images.glob("*.tif"))) >= args.images):
+        origin = f"from {args.source}" if args.source else "generated"
+        if images.is_dir() and len(list(images.glob("*.tif"))) >= args.images:
+            origin = f"reused from {images}"
+        else:
             if args.source is not None:
                 take(args.source, images, args.images, height, width)
             else:
                 generate(images, args.images, height, width)
+        # Segment exactly --images files, and count the megapixels they really have (a kept
+        # folder may hold more files, or another size, than this run's options say).
+        chosen = sorted(images.glob("*.tif"))[: args.images]
+        if len(list(images.iterdir())) > len(chosen):
+            subset = tmp / "subset"
+            subset.mkdir()
+            for path in chosen:
+                shutil.copy(path, subset)
+            images = subset
+        sizes = []
+        for path in chosen:
+            with tifffile.TiffFile(path) as tif:
+                sizes.append(tif.pages[0].shape[:2])
+        megapixels = sum(h * w for h, w in sizes) / 1e6
+        shapes = sorted({f"{w}x{h}" for h, w in sizes})
         # Start-up: a fresh process segmenting one image, less one image's work (below).
         one = tmp / "one"
         one.mkdir()
@@ -142,8 +161,8 @@ def main() -> None:
         for _ in range(args.repeat):
             for jobs in settings:  # interleaved, so a busy spell hits every setting alike
                 runs[jobs].append(run_once(images, tmp / "out", jobs))
-    print(f"{args.images} images of {width}x{height} ({megapixels:.1f} MP) "
-          f"{'from ' + str(args.source) if args.source else 'generated'}, {os.cpu_count()} cores, "
+    print(f"{len(sizes)} images of {', '.join(shapes)} ({megapixels:.1f} MP) "
+          f"{origin}, {os.cpu_count()} cores, "
           f"load {os.getloadavg()[0]:.1f}, {args.repeat} runs each of {' '.join(MONOLAYER)} segment, "
           "fresh process per run, start-up included")
     for jobs, results in runs.items():
@@ -158,13 +177,13 @@ def main() -> None:
     # What the masks' own arithmetic allows: segment_phase must keep scipy's Gaussian filters
     # (float64 accumulation, rounded to float32 between the passes) for the masks to stay the
     # same bit for bit, so those filters alone bound the rate, whatever else gets faster.
-    per_image = " + ".join(f"{name} {ms:.1f} ms" for name, ms in costs.items())
-    print(f"in one process, per image (median of {min(args.images, 20)}): {per_image}; "
-          f"a fresh process segmenting 1 image: {single:.2f} s")
+    print(f"in one process, per image (median of {min(args.images, 20)}): read + normalise "
+          f"{costs['read + normalise']:.1f} ms; segment_phase {costs['segment_phase']:.1f} ms, of which its "
+          f"Gaussian filters {costs['Gaussian filters']:.1f} ms; a fresh process segmenting 1 image: {single:.2f} s")
     startup = max(single - (costs["read + normalise"] + costs["segment_phase"]) / 1000, 0.0)
     for jobs in settings:
         for name in ("Gaussian filters", "segment_phase"):
-            ceiling = megapixels / (startup + args.images * costs[name] / 1000 / jobs)
+            ceiling = megapixels / (startup + len(sizes) * costs[name] / 1000 / jobs)
             print(f"ceiling with --jobs {jobs} if only start-up ({startup:.2f} s) and {name} cost anything: "
                   f"{ceiling:.1f} MP/s ({ceiling / args.target:.2f} x the target)")
 

@@ -96,7 +96,7 @@ def main() -> int:
                 x = torch.randn(batch, 3, 1024, 1024, device="cuda")
                 rate, outputs = {}, {}
                 for name, model in models.items():
-                    def run(model: Any = model) -> torch.Tensor:
+                    def run(model: Any = model, x: torch.Tensor = x) -> torch.Tensor:
                         with torch.inference_mode(), ctx():
                             return model.image_encoder(x)
                     rate[name] = batch / time_calls(run, args.repeats)

@@ -222,13 +222,9 @@ class PhaseImage:
     """Entries kept per stage (least recently used dropped): bounds memory on big images."""
 
     def __init__(self, image: np.ndarray, truth: np.ndarray) -> None:
-        from monolayer.backends.phase import noise_sigma
+        from monolayer.backends.phase import as_phase_input, noise_sigma
 
-        a = np.asarray(image, dtype=np.float32)
-        if a.ndim != 2:
-            raise ValueError("PhaseImage expects a 2-D image")
-        if not np.isfinite(a).all():
-            a = np.nan_to_num(a)
+        a = as_phase_input(image, "PhaseImage")
         self.a = a
         self.truth = np.asarray(truth, dtype=bool)
         if self.truth.shape != a.shape:
@@ -251,24 +247,17 @@ class PhaseImage:
         return value
 
     def texture(self, sigma: float) -> np.ndarray:
-        """Local standard deviation in a Gaussian window: segment_phase's ops, in its order."""
-        def make() -> np.ndarray:
-            a = self.a
-            mean = ndi.gaussian_filter(a, sigma)
-            texture = np.multiply(a, a)
-            ndi.gaussian_filter(texture, sigma, output=texture)
-            np.subtract(texture, np.multiply(mean, mean, out=mean), out=texture)
-            np.sqrt(np.maximum(texture, 0.0, out=texture), out=texture)
-            return texture
+        """Local standard deviation in a Gaussian window: segment_phase's own stage."""
+        from monolayer.backends.phase import local_std
 
-        return self._cached("window_sigma", sigma, make)
+        return self._cached("window_sigma", sigma, lambda: local_std(self.a, sigma))
 
     def threshold(self, p: Any) -> float:
         return max(p.t_abs, p.k_noise * self.noise)
 
     def mask(self, p: Any) -> np.ndarray:
         """The mask ``segment_phase(image, p)`` gives (a cached array: do not modify)."""
-        from monolayer.backends.phase import _background_level, _closing, _erosion
+        from monolayer.backends.phase import _closing, _erosion, remove_halo
         from monolayer.morphology import fill_holes, remove_small_objects
 
         thr = self.threshold(p)
@@ -283,16 +272,13 @@ class PhaseImage:
         eroded = self._cached("erode_radius", k4,
                               lambda: _erosion(filled, p.erode_radius, 1) if p.erode_radius > 0 else filled)
 
-        def halo() -> np.ndarray:
-            if p.halo_delta is None or not eroded.any():
-                return eroded
-            outside = ~eroded
-            a = self.a
-            background = a[outside] if np.count_nonzero(outside) > 0.02 * eroded.size else a.ravel()
+        def smoothed() -> np.ndarray:
             if self._blur1 is None:
-                self._blur1 = ndi.gaussian_filter(a, 1.0)
-            bright = self._blur1 > _background_level(background) + p.halo_delta
-            return fill_holes(eroded & ~bright, p.max_hole)
+                self._blur1 = ndi.gaussian_filter(self.a, 1.0)
+            return self._blur1
+
+        def halo() -> np.ndarray:
+            return remove_halo(self.a, eroded, p.halo_delta, p.max_hole, smoothed)
 
         dehaloed = self._cached("halo_delta", (*k4, p.halo_delta), halo)
         return remove_small_objects(dehaloed, p.min_size)

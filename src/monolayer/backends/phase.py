@@ -20,6 +20,7 @@ be lost or bridged.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,6 +155,42 @@ def _background_level(values: np.ndarray) -> float:
     return 0.5 * float(edges[i] + edges[i + 1])
 
 
+def as_phase_input(image: np.ndarray, who: str = "segment_phase") -> np.ndarray:
+    """``image`` as the float32 2-D array the phase stages take, NaN and infinities zeroed."""
+    a = np.asarray(image, dtype=np.float32)
+    if a.ndim != 2:
+        raise ValueError(f"{who} expects a 2-D image")
+    return a if np.isfinite(a).all() else np.nan_to_num(a)
+
+
+def local_std(a: np.ndarray, sigma: float) -> np.ndarray:
+    """Texture: the local standard deviation of ``a`` in a Gaussian window, a new array.
+
+    In-place float32 arithmetic in a fixed order: :func:`segment_phase` and the
+    calibration's cached stages (:mod:`monolayer.calibrate`) get the same bits."""
+    mean = ndi.gaussian_filter(a, sigma)
+    texture = np.multiply(a, a)
+    ndi.gaussian_filter(texture, sigma, output=texture)  # mean of squares
+    np.subtract(texture, np.multiply(mean, mean, out=mean), out=texture)
+    np.sqrt(np.maximum(texture, 0.0, out=texture), out=texture)
+    return texture
+
+
+def remove_halo(a: np.ndarray, mask: np.ndarray, halo_delta: float | None, max_hole: int | None,
+                smoothed: Callable[[], np.ndarray] | None = None) -> np.ndarray:
+    """``mask`` less the bright phase halo (``a`` smoothed by a Gaussian of sigma 1 brighter
+    than the background grey level by more than ``halo_delta``), holes refilled. ``smoothed``
+    gives that smoothed image when the caller keeps one; ``mask`` itself when there is no halo
+    step or nothing to trim."""
+    if halo_delta is None or not mask.any():
+        return mask
+    outside = ~mask
+    background = a[outside] if np.count_nonzero(outside) > 0.02 * mask.size else a.ravel()
+    blurred = smoothed() if smoothed is not None else ndi.gaussian_filter(a, 1.0)
+    bright = blurred > _background_level(background) + halo_delta
+    return fill_holes(mask & ~bright, max_hole)
+
+
 def segment_phase(image: np.ndarray, params: PhaseParams = PhaseParams()) -> tuple[np.ndarray, np.ndarray]:
     """Foreground mask and score map of a normalised (0..1) phase-contrast image.
 
@@ -165,16 +202,8 @@ def segment_phase(image: np.ndarray, params: PhaseParams = PhaseParams()) -> tup
     # Speed without changing a bit (tests/test_classical_speed.py holds the first version):
     # in-place float32 arithmetic in the same order, disk morphology by 1-D running
     # filters, and hole filling by one labelling of the background.
-    a = np.asarray(image, dtype=np.float32)
-    if a.ndim != 2:
-        raise ValueError("segment_phase expects a 2-D image")
-    if not np.isfinite(a).all():
-        a = np.nan_to_num(a)
-    mean = ndi.gaussian_filter(a, params.window_sigma)
-    texture = np.multiply(a, a)
-    ndi.gaussian_filter(texture, params.window_sigma, output=texture)  # mean of squares
-    np.subtract(texture, np.multiply(mean, mean, out=mean), out=texture)
-    np.sqrt(np.maximum(texture, 0.0, out=texture), out=texture)
+    a = as_phase_input(image)
+    texture = local_std(a, params.window_sigma)
     threshold = max(params.t_abs, params.k_noise * noise_sigma(a))
     mask = texture > threshold
     if params.close_radius > 0:
@@ -182,11 +211,7 @@ def segment_phase(image: np.ndarray, params: PhaseParams = PhaseParams()) -> tup
     mask = fill_holes(mask, params.max_hole)
     if params.erode_radius > 0:
         mask = _erosion(mask, params.erode_radius, 1)
-    if params.halo_delta is not None and mask.any():
-        outside = ~mask
-        background = a[outside] if np.count_nonzero(outside) > 0.02 * mask.size else a.ravel()
-        bright = ndi.gaussian_filter(a, 1.0, output=mean) > _background_level(background) + params.halo_delta
-        mask = fill_holes(mask & ~bright, params.max_hole)
+    mask = remove_halo(a, mask, params.halo_delta, params.max_hole)
     mask = remove_small_objects(mask, params.min_size)
     score = np.divide(texture, np.float32(2.0 * threshold), out=texture)
     np.clip(score, 0.0, 1.0, out=score)

@@ -212,9 +212,7 @@ class SamBackend(TorchBackend):
     def _auto(self, image: np.ndarray) -> Prediction:
         from segment_anything import SamAutomaticMaskGenerator
 
-        from scipy import ndimage as ndi
-
-        from monolayer.backends.phase import PhaseParams, noise_sigma
+        from monolayer.backends.phase import PhaseParams, local_std, noise_sigma
         from monolayer.io.images import normalize
 
         rgb = to_rgb8(image)
@@ -226,8 +224,7 @@ class SamBackend(TorchBackend):
         # The phase thresholds are fractions of the robust intensity range: measured on the
         # stretched image, whatever contrast the 8-bit image SAM saw has.
         image = normalize(image)
-        mean = ndi.gaussian_filter(image, params.window_sigma)
-        texture = np.sqrt(np.maximum(ndi.gaussian_filter(image * image, params.window_sigma) - mean * mean, 0))
+        texture = local_std(image, params.window_sigma)
         flat = max(params.t_abs, params.k_noise * noise_sigma(image))
         foreground = np.zeros(image.shape, bool)
         score = np.zeros(image.shape, np.float32)
